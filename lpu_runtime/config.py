@@ -1,0 +1,199 @@
+"""Frozen configuration for the emulated hardware, the model architecture and the engine.
+
+Every figure carries its unit in the name or the comment; every default is overridable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ChipSpec:
+    """One LPU chip. Defaults are GroqChip1 (Groq's ISCA 2022 paper and product brief)."""
+
+    name: str = "GroqChip1"
+    sram_bytes: int = 230_686_720  # bytes; 220 MiB of on-die SRAM, no HBM
+    clock_hz: int = 900_000_000  # Hz
+    int8_ops_per_s: float = 750e12  # ops/s (a multiply-add is 2 ops)
+    fp16_flops_per_s: float = 188e12  # flop/s
+    sram_bandwidth_bytes_per_s: float = 80e12  # bytes/s, aggregate on-die
+    n_links: int = 16  # chip-to-chip links
+    link_bandwidth_bytes_per_s: float = 14e9  # bytes/s per link per direction
+    hop_latency_ns: float = 240.0  # ns per chip-to-chip hop
+    op_latency_cycles: int = 20  # cycles of fixed issue/drain latency per op (a dependent-chain term)
+    sram_alignment_bytes: int = 64  # bytes; every SRAM allocation starts on this boundary
+
+    def __post_init__(self) -> None:
+        for name in ("sram_bytes", "clock_hz", "n_links", "sram_alignment_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ChipSpec.{name} must be positive, got {getattr(self, name)}")
+        for name in (
+            "int8_ops_per_s",
+            "fp16_flops_per_s",
+            "sram_bandwidth_bytes_per_s",
+            "link_bandwidth_bytes_per_s",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ChipSpec.{name} must be positive, got {getattr(self, name)}")
+        if self.hop_latency_ns < 0 or self.op_latency_cycles < 0:
+            raise ValueError("ChipSpec latencies must not be negative")
+
+    def cycles(self, seconds: float) -> int:
+        """Seconds -> whole cycles, rounded up so no cost is ever free."""
+        return max(0, -int(-seconds * self.clock_hz // 1))
+
+    def seconds(self, cycles: int) -> float:
+        return cycles / self.clock_hz
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """A set of identical chips wired into one synchronous system."""
+
+    n_chips: int = 4
+    chip: ChipSpec = field(default_factory=ChipSpec)
+    chips_per_node: int = 8
+
+    def __post_init__(self) -> None:
+        if self.n_chips < 1:
+            raise ValueError(f"SystemSpec.n_chips must be at least 1, got {self.n_chips}")
+        if self.chips_per_node < 1:
+            raise ValueError(f"SystemSpec.chips_per_node must be at least 1, got {self.chips_per_node}")
+
+    @property
+    def n_nodes(self) -> int:
+        return -(-self.n_chips // self.chips_per_node)
+
+    @property
+    def total_sram_bytes(self) -> int:
+        return self.n_chips * self.chip.sram_bytes
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A Llama-family decoder (Llama 2/3, Mistral, TinyLlama, SmolLM...)."""
+
+    name: str
+    dim: int  # hidden size
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int  # < n_heads means grouped-query attention
+    ffn_dim: int  # SwiGLU hidden size
+    vocab_size: int
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    max_context: int = 2048  # tokens
+    tied_embeddings: bool = False
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if min(self.dim, self.n_layers, self.n_heads, self.n_kv_heads, self.ffn_dim, self.vocab_size) <= 0:
+            raise ValueError(f"ModelConfig {self.name!r}: every size must be positive")
+        if self.dim % self.n_heads:
+            raise ValueError(f"ModelConfig {self.name!r}: dim {self.dim} not divisible by n_heads {self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"ModelConfig {self.name!r}: n_heads {self.n_heads} not divisible by n_kv_heads {self.n_kv_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"ModelConfig {self.name!r}: head_dim {self.head_dim} must be even for RoPE")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+    @property
+    def n_params(self) -> int:
+        per_layer = (
+            self.dim * self.dim * 2  # wq, wo
+            + self.dim * self.kv_dim * 2  # wk, wv
+            + self.dim * self.ffn_dim * 3  # w1, w2, w3
+            + self.dim * 2  # two RMSNorm weights
+        )
+        embeddings = self.vocab_size * self.dim * (1 if self.tied_embeddings else 2)
+        return per_layer * self.n_layers + embeddings + self.dim
+
+
+# The embedded default: small enough that one stream decodes at 100+ tokens/s on a 2-core CPU in pure numpy,
+# large enough (8 layers, GQA) that sharding it over several chips is a real pipeline. Its weights are random:
+# the name says so, so nobody mistakes its text for a trained model's.
+DEMO_MODEL = ModelConfig(
+    name="lpu-demo-untrained-13m",
+    dim=384,
+    n_layers=8,
+    n_heads=6,
+    n_kv_heads=2,
+    ffn_dim=1024,
+    vocab_size=259,  # 256 bytes + <s>, </s>, <pad>
+    max_context=2048,
+    tied_embeddings=False,
+    description=(
+        "Untrained synthetic Llama-architecture model (13M params, seeded random weights, byte-level tokenizer). "
+        "Its text is noise: it exists to exercise the emulated LPU end to end without a download."
+    ),
+)
+
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    DEMO_MODEL.name: DEMO_MODEL,
+    "tinyllama-1.1b": ModelConfig(
+        name="tinyllama-1.1b", dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn_dim=5632,
+        vocab_size=32000, max_context=2048,
+    ),
+    "llama-3.2-1b": ModelConfig(
+        name="llama-3.2-1b", dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, ffn_dim=8192,
+        vocab_size=128256, rope_theta=500000.0, max_context=131072, tied_embeddings=True,
+    ),
+    "llama-2-7b": ModelConfig(
+        name="llama-2-7b", dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, ffn_dim=11008,
+        vocab_size=32000, max_context=4096,
+    ),
+    "llama-2-13b": ModelConfig(
+        name="llama-2-13b", dim=5120, n_layers=40, n_heads=40, n_kv_heads=40, ffn_dim=13824,
+        vocab_size=32000, max_context=4096,
+    ),
+    "llama-2-70b": ModelConfig(
+        name="llama-2-70b", dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, ffn_dim=28672,
+        vocab_size=32000, max_context=4096,
+    ),
+    "llama-3-8b": ModelConfig(
+        name="llama-3-8b", dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336,
+        vocab_size=128256, rope_theta=500000.0, max_context=8192,
+    ),
+    "llama-3-70b": ModelConfig(
+        name="llama-3-70b", dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, ffn_dim=28672,
+        vocab_size=128256, rope_theta=500000.0, max_context=8192,
+    ),
+}  # fmt: skip
+
+
+def model_preset(name: str) -> ModelConfig:
+    try:
+        return MODEL_PRESETS[name.lower()]
+    except KeyError:
+        known = ", ".join(sorted(MODEL_PRESETS))
+        raise KeyError(f"unknown model preset {name!r}; known presets: {known}") from None
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine schedules work on the compiled system."""
+
+    max_num_seqs: int = 32  # sequences in one running batch
+    max_num_batched_tokens: int = 512  # tokens per step; longer prompts are prefilled in chunks
+    kv_block_tokens: int = 16  # tokens per KV-cache block
+    max_kv_tokens: int | None = None  # cap on KV tokens reserved per chip; None: max_num_seqs x max_context
+    seed: int = 0  # seed of the synthetic weights
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_seqs", "max_num_batched_tokens", "kv_block_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EngineConfig.{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_kv_tokens is not None and self.max_kv_tokens < self.kv_block_tokens:
+            raise ValueError("EngineConfig.max_kv_tokens must hold at least one KV block")

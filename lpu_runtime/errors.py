@@ -1,0 +1,37 @@
+"""Errors the runtime raises on purpose, each carrying what a caller needs to explain it."""
+
+from __future__ import annotations
+
+
+class LpuError(Exception):
+    """Base of every deliberate runtime error."""
+
+
+class InvalidRequestError(LpuError, ValueError):
+    """A request field holds a value the runtime cannot serve; `param` names the field."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+        self.message = message
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    """Prompt plus max_tokens can never fit: the model's context or the system's KV capacity is too small."""
+
+    def __init__(self, message: str, *, prompt_tokens: int, limit: int, param: str = "messages") -> None:
+        super().__init__(param, message)
+        self.prompt_tokens = prompt_tokens
+        self.limit = limit
+
+
+class CompileError(LpuError):
+    """The model cannot be placed on the system; the message names the tensor and the bytes."""
+
+
+class SramOverflowError(LpuError):
+    """An allocation would pass a chip's SRAM capacity."""
+
+
+class ChatTemplateError(LpuError):
+    """The chat template could not render the conversation."""

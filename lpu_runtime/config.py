@@ -93,7 +93,9 @@ class ModelConfig:
         if min(self.dim, self.n_layers, self.n_heads, self.n_kv_heads, self.ffn_dim, self.vocab_size) <= 0:
             raise ValueError(f"ModelConfig {self.name!r}: every size must be positive")
         if self.dim % self.n_heads:
-            raise ValueError(f"ModelConfig {self.name!r}: dim {self.dim} not divisible by n_heads {self.n_heads}")
+            raise ValueError(
+                f"ModelConfig {self.name!r}: dim {self.dim} not divisible by n_heads {self.n_heads}"
+            )
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
                 f"ModelConfig {self.name!r}: n_heads {self.n_heads} not divisible by n_kv_heads {self.n_kv_heads}"

@@ -1,0 +1,187 @@
+"""The engine on its own thread, and the asyncio face the server talks to.
+
+The step loop runs numpy in one background thread (BLAS releases the GIL), so the event loop only moves
+bytes. Requests and aborts cross into the thread through an inbox; outputs cross back through each request's
+asyncio.Queue via `call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from lpu_runtime.catalog import load_model
+from lpu_runtime.compiler import compile_model
+from lpu_runtime.config import DEMO_MODEL, EngineConfig, SystemSpec
+from lpu_runtime.engine import Engine
+from lpu_runtime.errors import ChatTemplateError
+from lpu_runtime.pipeline import Pipeline
+from lpu_runtime.scheduler import Sequence
+from lpu_runtime.types import EngineStats, GenerationRequest, ModelInfo, RequestOutput
+
+log = logging.getLogger(__name__)
+
+_Deliver = tuple[asyncio.AbstractEventLoop, "asyncio.Queue[RequestOutput]"]
+
+
+class AsyncEngine:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._inbox: queue.SimpleQueue[Sequence | str | None] = queue.SimpleQueue()  # add, abort id, wake
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._queues: dict[str, _Deliver] = {}
+        self._thread: threading.Thread | None = None
+        self._failed: BaseException | None = None
+        self._created = int(time.time())
+
+    @classmethod
+    def create(
+        cls,
+        model: str = DEMO_MODEL.name,
+        system: SystemSpec | None = None,
+        engine_config: EngineConfig | None = None,
+    ) -> AsyncEngine:
+        """Loads the model, compiles it onto the system and fills the chips' SRAM (slow; synchronous)."""
+        config = engine_config or EngineConfig()
+        loaded = load_model(model, seed=config.seed)
+        plan = compile_model(loaded.checkpoint.config, system or SystemSpec(), config)
+        pipeline = Pipeline(plan, loaded.checkpoint)
+        log.info("compiled %s onto %d chips in %d stages", loaded.name, plan.n_chips_used, len(plan.stages))
+        return cls(Engine(loaded, plan, pipeline))
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="lpu-engine", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        for request_id in list(self._queues):
+            out = self.engine.abort(request_id)
+            if out is not None:
+                self._deliver(out)
+
+    def is_healthy(self) -> bool:
+        return self._failed is None and (self._thread is None or self._thread.is_alive())
+
+    # -- what the server asks ----------------------------------------------------------------------------
+
+    @property
+    def model_info(self) -> ModelInfo:
+        e = self.engine
+        return ModelInfo(
+            id=e.model.name,
+            description=e.model.description,
+            max_context=e.plan.model.max_context,
+            vocab_size=e.plan.model.vocab_size,
+            n_params=e.plan.model.n_params,
+            n_chips=e.plan.n_chips_used,
+            n_stages=len(e.plan.stages),
+            chip_name=e.plan.system.chip.name,
+            created=self._created,
+        )
+
+    def encode_chat(
+        self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        template = self.engine.model.chat_template
+        if template is None:
+            raise ChatTemplateError(
+                f"model {self.engine.model.name!r} has no chat template: use /v1/completions or pass one"
+            )
+        text = template.render(messages, add_generation_prompt=True, tools=tools)
+        tok = self.engine.model.tokenizer
+        # The template usually writes the BOS itself; never add a second one.
+        has_bos = bool(tok.bos_token) and text.startswith(tok.bos_token)
+        return tok.encode(text, add_bos=not has_bos and tok.bos_id is not None)
+
+    def encode_text(self, prompt: str) -> list[int]:
+        tok = self.engine.model.tokenizer
+        return tok.encode(prompt, add_bos=tok.bos_id is not None)
+
+    def count_check(self, n_prompt: int, max_tokens: int | None) -> None:
+        """Raises ContextLengthExceededError when prompt + max_tokens can never fit."""
+        self.engine.resolve_max_tokens(n_prompt, max_tokens)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[RequestOutput]:
+        """Yields the request's increments; closing the generator early aborts it and frees its KV cache."""
+        seq = self.engine.make_sequence(request)
+        if request.request_id in self._queues:
+            raise ValueError(f"request id {request.request_id!r} is already running")
+        outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        self._queues[request.request_id] = (asyncio.get_running_loop(), outputs)
+        self._submit(seq)
+        finished = False
+        try:
+            while not finished:
+                out = await outputs.get()
+                finished = out.finished
+                yield out
+        finally:
+            self._queues.pop(request.request_id, None)
+            if not finished:
+                self._submit(request.request_id)
+
+    def abort(self, request_id: str) -> None:
+        self._submit(request_id)
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    # -- the engine thread -----------------------------------------------------------------------------
+
+    def _submit(self, item: Sequence | str) -> None:
+        self._inbox.put(item)
+        self._wake.set()
+
+    def _deliver(self, out: RequestOutput) -> None:
+        target = self._queues.get(out.request_id)
+        if target is None:
+            return
+        loop, outputs = target
+        # A closed loop means nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(outputs.put_nowait, out)
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, Sequence):
+                if item.request_id in self._queues:
+                    self.engine.add(item)
+            elif isinstance(item, str):
+                out = self.engine.abort(item)
+                if out is not None:
+                    self._deliver(out)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._drain_inbox()
+                if not self.engine.has_work():
+                    self._wake.wait()
+                    self._wake.clear()
+                    continue
+                for out in self.engine.step():
+                    self._deliver(out)
+        except BaseException as exc:  # a dead engine thread must show in /health, not hang every request
+            self._failed = exc
+            log.exception("engine thread died")
+            raise

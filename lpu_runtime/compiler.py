@@ -1,0 +1,484 @@
+"""The compiler: places a model on N chips so that every byte has an SRAM address within its chip's capacity.
+
+The model is a chain of units: the embedding table, each decoder layer, and the final norm + LM head. The
+compiler cuts the chain into contiguous pipeline stages, balanced by the performance model's estimate of each
+stage's decode time, and gives each stage a group of chips. A stage on more than one chip is tensor-parallel:
+every matrix in it is split by output channels (attention by KV-head groups, embedding and LM head by vocabulary
+rows), so a unit too large for one chip is spread over as many as it needs. Every tensor shard, the KV-cache
+reservation and the activation buffers then get SRAM offsets on their chip's arena.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from lpu_runtime import perfmodel
+from lpu_runtime.config import ChipSpec, EngineConfig, ModelConfig, SystemSpec
+from lpu_runtime.errors import CompileError, SramOverflowError
+from lpu_runtime.perfmodel import FP16_BYTES, FP32_BYTES
+from lpu_runtime.sram import Region, RegionKind, SramArena
+
+# Context length at which the compiler estimates a decode step to balance stages (tokens).
+BALANCE_CONTEXT = 512
+
+
+class UnitKind(StrEnum):
+    EMBED = "embed"
+    LAYER = "layer"
+    HEAD = "head"
+
+
+@dataclass(frozen=True)
+class Unit:
+    kind: UnitKind
+    layer: int = -1  # the decoder layer's index for LAYER units
+
+    @property
+    def name(self) -> str:
+        return f"layers.{self.layer}" if self.kind is UnitKind.LAYER else self.kind.value
+
+
+@dataclass(frozen=True)
+class TensorShard:
+    """Rows [start, stop) of one logical tensor, held in one region of one chip."""
+
+    tensor: str  # e.g. "layers.3.wq", "layers.3.wq.scale", "layers.3.k_cache", "output"
+    kind: RegionKind
+    dtype: str  # numpy dtype name: "int8", "float32", "float16"
+    shape: tuple[int, ...]  # shape of this chip's piece
+    rows: tuple[int, int]  # for KV caches: the KV-head range
+
+    @property
+    def nbytes(self) -> int:
+        itemsize = {"int8": 1, "float16": FP16_BYTES, "float32": FP32_BYTES}[self.dtype]
+        n = itemsize
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@dataclass(frozen=True)
+class ChipPlan:
+    chip_id: int
+    stage: int
+    rank: int  # position in the stage's tensor-parallel group
+    capacity_bytes: int
+    regions: tuple[Region, ...]
+    shards: tuple[TensorShard, ...]  # one per region, same order
+
+    @property
+    def used_bytes(self) -> int:
+        return max((r.end for r in self.regions), default=0)
+
+    def bytes_of(self, kind: RegionKind) -> int:
+        return sum(r.nbytes for r in self.regions if r.kind is kind)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    index: int
+    chips: tuple[int, ...]  # the tensor-parallel group, in rank order
+    units: tuple[Unit, ...]
+    est_cycles: int  # estimated cycles of one decode token through this stage
+
+    @property
+    def width(self) -> int:
+        return len(self.chips)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(u.layer for u in self.units if u.kind is UnitKind.LAYER)
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: ModelConfig
+    system: SystemSpec
+    engine: EngineConfig
+    stages: tuple[StagePlan, ...]
+    chips: tuple[ChipPlan, ...]  # only the chips in use, by chip_id
+    kv_tokens: int  # KV-cache slots reserved per layer (tokens, a multiple of the block size)
+
+    @property
+    def n_chips_used(self) -> int:
+        return len(self.chips)
+
+    @property
+    def idle_chips(self) -> int:
+        return self.system.n_chips - len(self.chips)
+
+    @property
+    def kv_blocks(self) -> int:
+        return self.kv_tokens // self.engine.kv_block_tokens
+
+    def hop_cycles(self, src_chip: int, dst_chip: int, nbytes: int) -> int:
+        """A transfer between two chips: one hop inside a node, two across nodes."""
+        per_node = self.system.chips_per_node
+        hops = 1 if src_chip // per_node == dst_chip // per_node else 2
+        return perfmodel.link_cycles(self.system.chip, nbytes, hops)
+
+    @property
+    def est_decode_cycles(self) -> int:
+        """One token through every stage plus the hops between them, batch 1."""
+        act = self.model.dim * FP32_BYTES
+        hops = sum(
+            self.hop_cycles(a.chips[0], b.chips[0], act)
+            for a, b in zip(self.stages, self.stages[1:], strict=False)
+        )
+        return sum(s.est_cycles for s in self.stages) + hops
+
+    def render(self) -> str:
+        return render_plan(self)
+
+
+def partition(n: int, parts: int) -> list[tuple[int, int]]:
+    """Splits range(n) into `parts` contiguous ranges whose sizes differ by at most one."""
+    base, extra = divmod(n, parts)
+    out, start = [], 0
+    for j in range(parts):
+        stop = start + base + (1 if j < extra else 0)
+        out.append((start, stop))
+        start = stop
+    return out
+
+
+def max_width(model: ModelConfig, unit: Unit) -> int:
+    """How many chips a unit can be split over: attention splits by whole KV heads."""
+    return model.n_kv_heads if unit.kind is UnitKind.LAYER else model.vocab_size
+
+
+def unit_shards(model: ModelConfig, unit: Unit, width: int, rank: int, kv_tokens: int) -> list[TensorShard]:
+    """The pieces of `unit` that chip `rank` of a `width`-chip group holds."""
+    d, hd = model.dim, model.head_dim
+
+    def matrix(name: str, rows: tuple[int, int], cols: int) -> list[TensorShard]:
+        n = rows[1] - rows[0]
+        return [
+            TensorShard(name, RegionKind.WEIGHT, "int8", (n, cols), rows),
+            TensorShard(f"{name}.scale", RegionKind.WEIGHT, "float32", (n,), rows),
+        ]
+
+    def vector(name: str, n: int) -> TensorShard:
+        return TensorShard(name, RegionKind.WEIGHT, "float32", (n,), (0, n))
+
+    if unit.kind is UnitKind.EMBED:
+        return matrix("tok_embeddings", partition(model.vocab_size, width)[rank], d)
+    if unit.kind is UnitKind.HEAD:
+        return [vector("norm", d), *matrix("output", partition(model.vocab_size, width)[rank], d)]
+    p = f"layers.{unit.layer}"
+    kv0, kv1 = partition(model.n_kv_heads, width)[rank]
+    group = model.n_heads // model.n_kv_heads
+    dim_rows = partition(d, width)[rank]
+    ffn_rows = partition(model.ffn_dim, width)[rank]
+    return [
+        vector(f"{p}.attn_norm", d),
+        *matrix(f"{p}.wq", (kv0 * group * hd, kv1 * group * hd), d),
+        *matrix(f"{p}.wk", (kv0 * hd, kv1 * hd), d),
+        *matrix(f"{p}.wv", (kv0 * hd, kv1 * hd), d),
+        *matrix(f"{p}.wo", dim_rows, d),
+        vector(f"{p}.ffn_norm", d),
+        *matrix(f"{p}.w1", ffn_rows, d),
+        *matrix(f"{p}.w3", ffn_rows, d),
+        *matrix(f"{p}.w2", dim_rows, model.ffn_dim),
+        TensorShard(f"{p}.k_cache", RegionKind.KV, "float16", (kv_tokens, kv1 - kv0, hd), (kv0, kv1)),
+        TensorShard(f"{p}.v_cache", RegionKind.KV, "float16", (kv_tokens, kv1 - kv0, hd), (kv0, kv1)),
+    ]
+
+
+def buffer_shards(
+    model: ModelConfig, engine: EngineConfig, units: Sequence[Unit], width: int
+) -> list[TensorShard]:
+    """Activation buffers: the landing zone for incoming activations and room for the widest intermediate.
+
+    The emulator computes intermediates as numpy temporaries; the scratch reservation is what the real chip
+    would need to hold them, so it is charged against SRAM all the same.
+    """
+    tokens = engine.max_num_batched_tokens
+    widest = 0
+    for u in units:
+        if u.kind is UnitKind.LAYER:
+            widest = max(widest, tokens * -(-max(model.ffn_dim, model.dim + 2 * model.kv_dim) // width))
+        elif u.kind is UnitKind.HEAD:
+            widest = max(widest, engine.max_num_seqs * -(-model.vocab_size // width))
+    return [
+        TensorShard("act_in", RegionKind.BUFFER, "float32", (tokens, model.dim), (0, tokens)),
+        TensorShard("scratch", RegionKind.BUFFER, "float32", (max(widest, 1),), (0, max(widest, 1))),
+    ]
+
+
+def model_units(model: ModelConfig) -> list[Unit]:
+    return [
+        Unit(UnitKind.EMBED),
+        *(Unit(UnitKind.LAYER, i) for i in range(model.n_layers)),
+        Unit(UnitKind.HEAD),
+    ]
+
+
+def unit_cycles(chip: ChipSpec, model: ModelConfig, unit: Unit, width: int) -> int:
+    """Estimated cycles of one decode token through a unit split `width` ways."""
+    if unit.kind is UnitKind.LAYER:
+        return perfmodel.layer_cycles(chip, model, 1, BALANCE_CONTEXT, width)
+    if unit.kind is UnitKind.EMBED:
+        return perfmodel.op_cycles(chip, bytes_moved=model.dim * (1 + FP32_BYTES))
+    rows = -(-model.vocab_size // width)
+    return (
+        perfmodel.vector_cycles(chip, model.dim, 4.0)
+        + perfmodel.linear_cycles(chip, 1, rows, model.dim)
+        + perfmodel.allgather_cycles(chip, rows * FP32_BYTES, width)
+    )
+
+
+class _Compiler:
+    def __init__(self, model: ModelConfig, system: SystemSpec, engine: EngineConfig) -> None:
+        self.model, self.system, self.engine = model, system, engine
+        self.chip = system.chip
+        self.units = model_units(model)
+        block = engine.kv_block_tokens
+        # Every request must be able to run alone at full context: that much KV is the minimum reservation.
+        self.kv_min = -(-model.max_context // block) * block
+        self._bytes_cache: dict[tuple[UnitKind, int, int], int] = {}
+        self._cycles_cache: dict[tuple[UnitKind, int], int] = {}
+
+    def place(
+        self, first_chip: int, units: Sequence[Unit], width: int, kv_tokens: int, ranks: int | None = None
+    ) -> list[SramArena]:
+        """Allocates a stage's regions on fresh arenas (the first `ranks` of the group, default all);
+        raises SramOverflowError naming the first tensor that does not fit."""
+        arenas = []
+        for rank in range(width if ranks is None else ranks):
+            arena = SramArena(first_chip + rank, self.chip.sram_bytes, self.chip.sram_alignment_bytes)
+            shards = [s for u in units for s in unit_shards(self.model, u, width, rank, kv_tokens)]
+            for s in [*shards, *buffer_shards(self.model, self.engine, units, width)]:
+                arena.allocate(s.tensor, s.nbytes, s.kind)
+            arenas.append(arena)
+        return arenas
+
+    def unit_bytes(self, kind: UnitKind, width: int, kv_tokens: int) -> int:
+        """SRAM bytes the unit takes on rank 0 of its group (rank 0 holds the largest shard), alignment
+        included. Every layer is the same size, so the result is cached by kind."""
+        key = (kind, width, kv_tokens)
+        if key not in self._bytes_cache:
+            unit = Unit(kind, 0)
+            shards = unit_shards(self.model, unit, width, 0, kv_tokens)
+            self._bytes_cache[key] = sum(self.aligned(s.nbytes) for s in shards)
+        return self._bytes_cache[key]
+
+    def aligned(self, nbytes: int) -> int:
+        a = self.chip.sram_alignment_bytes
+        return -(-nbytes // a) * a
+
+    def fits(self, units: Sequence[Unit], width: int, kv_tokens: int) -> bool:
+        buffers = sum(self.aligned(s.nbytes) for s in buffer_shards(self.model, self.engine, units, width))
+        total = buffers + sum(self.unit_bytes(u.kind, width, kv_tokens) for u in units)
+        return total <= self.chip.sram_bytes
+
+    def stage_cycles(self, units: Sequence[Unit], width: int) -> int:
+        total = 0
+        for u in units:
+            key = (u.kind, width)
+            if key not in self._cycles_cache:
+                self._cycles_cache[key] = unit_cycles(self.chip, self.model, u, width)
+            total += self._cycles_cache[key]
+        return total
+
+    def min_width(self, unit: Unit) -> int:
+        """Fewest chips that hold the unit alone (with minimum KV); CompileError if no split is enough."""
+        limit = max_width(self.model, unit)
+        if not self.fits([unit], limit, self.kv_min):
+            try:
+                self.place(0, [unit], limit, self.kv_min, ranks=1)
+            except SramOverflowError as exc:
+                how = "one KV head per chip" if unit.kind is UnitKind.LAYER else "one row per chip"
+                raise CompileError(
+                    f"{self.model.name}: {unit.name} cannot fit even split over {limit} chips ({how}): {exc}"
+                ) from None
+        # Exponential then binary search: fitting is monotone in the width.
+        hi = 1
+        while not self.fits([unit], hi, self.kv_min):
+            hi = min(hi * 2, limit)
+        lo = hi // 2 + 1 if hi > 1 else 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.fits([unit], mid, self.kv_min):
+                hi = mid
+            else:
+                lo = mid + 1
+        return hi
+
+    def pack(self, widths: dict[Unit, int], max_stage_cycles: int | None) -> list[tuple[list[Unit], int]]:
+        """Greedy contiguous packing: units needing a wide group stand alone; others share a chip while the
+        stage stays within its time budget and SRAM."""
+        stages: list[tuple[list[Unit], int]] = []
+        cur: list[Unit] = []
+        for u in self.units:
+            if widths[u] > 1:
+                if cur:
+                    stages.append((cur, 1))
+                    cur = []
+                stages.append(([u], widths[u]))
+                continue
+            cand = [*cur, u]
+            over_time = max_stage_cycles is not None and self.stage_cycles(cand, 1) > max_stage_cycles
+            if cur and (over_time or not self.fits(cand, 1, self.kv_min)):
+                stages.append((cur, 1))
+                cand = [u]
+            cur = cand
+        if cur:
+            stages.append((cur, 1))
+        return stages
+
+    def not_enough_chips(self, widths: dict[Unit, int]) -> CompileError:
+        """Replays the packing on the chips there are, to name the tensor that finds no room."""
+        stages = self.pack(widths, None)
+        n = self.system.n_chips
+        used, detail = 0, ""
+        for i, (units, width) in enumerate(stages):
+            if used + width <= n:
+                used += width
+                continue
+            prev_units, prev_width = stages[i - 1] if i else ([], 0)
+            if width == 1 and prev_width == 1:
+                try:
+                    self.place(used - 1, [*prev_units, units[0]], 1, self.kv_min)
+                except SramOverflowError as exc:
+                    detail = str(exc)
+            if not detail:
+                total = self.unit_bytes(units[0].kind, 1, self.kv_min)
+                detail = (
+                    f"{units[0].name} needs {total:,} bytes, split over {width} chips, but only {n - used} "
+                    f"chip(s) with {(n - used) * self.chip.sram_bytes:,} bytes free remain"
+                )
+            break
+        return CompileError(
+            f"{self.model.name} does not fit on {n} x {self.chip.name} ({self.chip.sram_bytes:,} bytes of SRAM "
+            f"each): {detail}; it needs at least {sum(w for _, w in stages)} chips "
+            f"(with a KV cache of {self.kv_min:,} tokens)"
+        )
+
+    def layout(self) -> list[tuple[list[Unit], int]]:
+        widths = {u: self.min_width(u) for u in self.units}
+        n = self.system.n_chips
+        if sum(w for _, w in self.pack(widths, None)) > n:
+            raise self.not_enough_chips(widths)
+        # Smallest per-stage time budget whose packing still fits in n chips: balances the pipeline.
+        lo = max(self.stage_cycles([u], widths[u]) for u in self.units)
+        hi = self.stage_cycles(self.units, 1)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if sum(w for _, w in self.pack(widths, mid)) <= n:
+                hi = mid
+            else:
+                lo = mid + 1
+        stages = self.pack(widths, lo)
+        return self.widen(stages, n - sum(w for _, w in stages))
+
+    def widen(self, stages: list[tuple[list[Unit], int]], spare: int) -> list[tuple[list[Unit], int]]:
+        """Spends spare chips on tensor parallelism where the performance model says it saves the most time."""
+        while spare > 0:
+            best, gain = -1, 0
+            for i, (units, width) in enumerate(stages):
+                w = width + 1
+                if any(w > max_width(self.model, u) for u in units):
+                    continue
+                g = self.stage_cycles(units, width) - self.stage_cycles(units, w)
+                if g > gain:
+                    best, gain = i, g
+            if best < 0:
+                break
+            units, width = stages[best]
+            stages[best] = (units, width + 1)
+            spare -= 1
+        return stages
+
+    def kv_capacity(self, stages: list[tuple[list[Unit], int]]) -> int:
+        """KV slots per layer: as many as asked for, up to what the fullest chip can still hold."""
+        block = self.engine.kv_block_tokens
+        wanted = self.engine.max_kv_tokens or self.engine.max_num_seqs * self.model.max_context
+        wanted = max(self.kv_min, wanted // block * block)
+        best = wanted
+        first = 0
+        for units, width in stages:
+            arenas = self.place(first, units, width, self.kv_min)
+            for rank, arena in enumerate(arenas):
+                per_token = sum(
+                    s.nbytes // s.shape[0]
+                    for u in units
+                    for s in unit_shards(self.model, u, width, rank, 1)
+                    if s.kind is RegionKind.KV
+                )
+                if per_token:
+                    # Alignment may cost up to one alignment unit per KV region.
+                    slack = arena.free_bytes - 2 * len(units) * self.chip.sram_alignment_bytes
+                    best = min(best, self.kv_min + max(0, slack) // per_token // block * block)
+            first += width
+        return best
+
+    def compile(self) -> Plan:
+        stages_units = self.layout()
+        kv_tokens = self.kv_capacity(stages_units)
+        stages, chips = [], []
+        first = 0
+        for index, (units, width) in enumerate(stages_units):
+            arenas = self.place(first, units, width, kv_tokens)
+            for rank, arena in enumerate(arenas):
+                shards = [s for u in units for s in unit_shards(self.model, u, width, rank, kv_tokens)]
+                shards += buffer_shards(self.model, self.engine, units, width)
+                chips.append(
+                    ChipPlan(
+                        arena.chip_id, index, rank, arena.capacity_bytes, tuple(arena.regions), tuple(shards)
+                    )
+                )
+            stage_chips = tuple(range(first, first + width))
+            stages.append(StagePlan(index, stage_chips, tuple(units), self.stage_cycles(units, width)))
+            first += width
+        return Plan(self.model, self.system, self.engine, tuple(stages), tuple(chips), kv_tokens)
+
+
+def compile_model(model: ModelConfig, system: SystemSpec, engine: EngineConfig | None = None) -> Plan:
+    """Places `model` on `system`; raises CompileError with the numbers when it cannot fit."""
+    return _Compiler(model, system, engine or EngineConfig()).compile()
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f}"
+
+
+def _unit_span(units: Sequence[Unit]) -> str:
+    names = []
+    layers = [u.layer for u in units if u.kind is UnitKind.LAYER]
+    if any(u.kind is UnitKind.EMBED for u in units):
+        names.append("embed")
+    if layers:
+        names.append(f"layers {layers[0]}-{layers[-1]}" if len(layers) > 1 else f"layer {layers[0]}")
+    if any(u.kind is UnitKind.HEAD for u in units):
+        names.append("norm+lm_head")
+    return ", ".join(names)
+
+
+def render_plan(plan: Plan) -> str:
+    m, chip = plan.model, plan.system.chip
+    lines = [
+        f"model {m.name}: {m.n_layers} layers, dim {m.dim}, {m.n_heads} heads / {m.n_kv_heads} KV heads, "
+        f"vocab {m.vocab_size}, {m.n_params / 1e6:,.1f}M params",
+        f"system: {plan.system.n_chips} x {chip.name} ({_mib(chip.sram_bytes)} MiB SRAM each, "
+        f"{plan.system.chips_per_node} per node); {plan.n_chips_used} used, {plan.idle_chips} idle",
+        f"pipeline: {len(plan.stages)} stages; KV cache {plan.kv_tokens:,} tokens per layer "
+        f"({plan.kv_blocks:,} blocks of {plan.engine.kv_block_tokens})",
+        f"estimated decode: {plan.est_decode_cycles:,} cycles/token = "
+        f"{chip.clock_hz / max(plan.est_decode_cycles, 1):,.0f} tokens/s per user (batch 1)",
+        "",
+        f"{'chip':>5} {'stage':>5} {'rank':>4}  {'holds':<34} {'weights':>10} {'kv':>10} {'buffers':>9}"
+        f" {'used':>10} {'free':>10}  (MiB)",
+    ]
+    stage_of = {s.index: s for s in plan.stages}
+    for c in plan.chips:
+        st = stage_of[c.stage]
+        holds = _unit_span(st.units) + (f" [shard {c.rank + 1}/{st.width}]" if st.width > 1 else "")
+        lines.append(
+            f"{c.chip_id:>5} {c.stage:>5} {c.rank:>4}  {holds:<34} {_mib(c.bytes_of(RegionKind.WEIGHT)):>10} "
+            f"{_mib(c.bytes_of(RegionKind.KV)):>10} {_mib(c.bytes_of(RegionKind.BUFFER)):>9} "
+            f"{_mib(c.used_bytes):>10} {_mib(c.capacity_bytes - c.used_bytes):>10}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,183 @@
+"""The Llama decoder, written once over abstract linear and attention ops.
+
+The float32 reference binds the ops to dense numpy matrices; the compiler binds the same code to int8 shards
+on emulated chips. This module knows nothing about chips (the compiler is a pass over it, as in gpt-fast).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from lpu_runtime.config import ModelConfig
+from lpu_runtime.kernels import RopeTables, causal_attention, rmsnorm, silu
+
+F32 = NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    """One decoder layer. Matrices are (out_features, in_features) float32, as in HuggingFace."""
+
+    attn_norm: F32  # (dim,)
+    wq: F32  # (dim, dim)
+    wk: F32  # (kv_dim, dim)
+    wv: F32  # (kv_dim, dim)
+    wo: F32  # (dim, dim)
+    ffn_norm: F32  # (dim,)
+    w1: F32  # (ffn_dim, dim) gate
+    w3: F32  # (ffn_dim, dim) up
+    w2: F32  # (dim, ffn_dim) down
+
+
+LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w1", "w3", "w2")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A model's weights in float32, whatever format they came from."""
+
+    config: ModelConfig
+    tok_embeddings: F32  # (vocab, dim)
+    layers: tuple[LayerWeights, ...]
+    norm: F32  # (dim,)
+    output: F32  # (vocab, dim); the same array as tok_embeddings when tied
+
+
+@dataclass(frozen=True)
+class SeqSlice:
+    """One sequence's rows in a flat token batch."""
+
+    row: int  # first row of this sequence in the batch
+    n_tokens: int  # rows it has in this step
+    start_pos: int  # position of its first row; it attends to positions 0 .. start_pos + n_tokens - 1
+    kv_slots: NDArray[np.int64]  # (start_pos + n_tokens,) KV-cache slot of each position
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """The tokens of one step: sequences laid end to end, as vLLM's flattened batches."""
+
+    token_ids: NDArray[np.int64]  # (n_tokens,)
+    positions: NDArray[np.int64]  # (n_tokens,)
+    seqs: tuple[SeqSlice, ...]
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.token_ids.shape[0])
+
+    @property
+    def last_rows(self) -> NDArray[np.int64]:
+        """Row of each sequence's last token: the rows whose logits get sampled."""
+        return np.array([s.row + s.n_tokens - 1 for s in self.seqs], dtype=np.int64)
+
+    @classmethod
+    def single(cls, token_ids: Sequence[int]) -> TokenBatch:
+        """A whole prompt as one sequence at position 0, KV slots 0..n-1 (used by the reference and tests)."""
+        n = len(token_ids)
+        ids = np.asarray(token_ids, dtype=np.int64)
+        pos = np.arange(n, dtype=np.int64)
+        return cls(ids, pos, (SeqSlice(0, n, 0, pos.copy()),))
+
+
+class Linear(Protocol):
+    def __call__(self, x: F32) -> F32:
+        """x: (n_tokens, in_features) -> (n_tokens, out_features) float32."""
+        ...
+
+
+class Attention(Protocol):
+    def __call__(self, q: F32, k: F32, v: F32, batch: TokenBatch) -> F32:
+        """Stores this step's k, v (n_tokens, n_kv_heads, head_dim), attends causally per sequence.
+
+        q: (n_tokens, n_heads, head_dim) -> (n_tokens, n_heads, head_dim) float32.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class LayerOps:
+    attn_norm: F32  # (dim,)
+    ffn_norm: F32  # (dim,)
+    wq: Linear
+    wk: Linear
+    wv: Linear
+    wo: Linear
+    w1: Linear
+    w3: Linear
+    w2: Linear
+    attention: Attention
+
+
+def decoder_layer(x: F32, ops: LayerOps, config: ModelConfig, rope: RopeTables, batch: TokenBatch) -> F32:
+    """x: (n_tokens, dim) float32 residual stream -> the same after one pre-norm attention + SwiGLU block."""
+    n = x.shape[0]
+    h = rmsnorm(x, ops.attn_norm, config.norm_eps)
+    q = ops.wq(h).reshape(n, config.n_heads, config.head_dim)
+    k = ops.wk(h).reshape(n, config.n_kv_heads, config.head_dim)
+    v = ops.wv(h).reshape(n, config.n_kv_heads, config.head_dim)
+    q = rope.apply(q, batch.positions)
+    k = rope.apply(k, batch.positions)
+    attn = ops.attention(q, k, v, batch).reshape(n, config.dim)
+    x = x + ops.wo(attn)
+    h = rmsnorm(x, ops.ffn_norm, config.norm_eps)
+    return x + ops.w2(silu(ops.w1(h)) * ops.w3(h))
+
+
+@dataclass(frozen=True)
+class DenseLinear:
+    w: F32  # (out_features, in_features) float32
+
+    def __call__(self, x: F32) -> F32:
+        return x @ self.w.T
+
+
+class DenseKVAttention:
+    """Float32 KV cache in host memory, indexed by the batch's slots: the reference's attention."""
+
+    def __init__(self, n_slots: int, n_kv_heads: int, head_dim: int) -> None:
+        self.k = np.zeros((n_slots, n_kv_heads, head_dim), dtype=np.float32)  # (slots, n_kv, head_dim)
+        self.v = np.zeros_like(self.k)
+
+    def __call__(self, q: F32, k: F32, v: F32, batch: TokenBatch) -> F32:
+        out = np.empty_like(q)
+        for s in batch.seqs:
+            rows = slice(s.row, s.row + s.n_tokens)
+            new_slots = s.kv_slots[s.start_pos : s.start_pos + s.n_tokens]
+            self.k[new_slots] = k[rows]
+            self.v[new_slots] = v[rows]
+            out[rows] = causal_attention(q[rows], self.k[s.kv_slots], self.v[s.kv_slots], s.start_pos)
+        return out
+
+
+class ReferenceModel:
+    """The float32 golden path: dense weights, float32 KV cache, no quantization anywhere."""
+
+    def __init__(self, checkpoint: Checkpoint, kv_slots: int | None = None) -> None:
+        cfg = checkpoint.config
+        self.checkpoint = checkpoint
+        self.rope = RopeTables.build(cfg.head_dim, cfg.max_context, cfg.rope_theta)
+        slots = kv_slots if kv_slots is not None else cfg.max_context
+        self.layers = [
+            LayerOps(
+                attn_norm=lw.attn_norm,
+                ffn_norm=lw.ffn_norm,
+                **{name: DenseLinear(getattr(lw, name)) for name in LINEAR_NAMES},
+                attention=DenseKVAttention(slots, cfg.n_kv_heads, cfg.head_dim),
+            )
+            for lw in checkpoint.layers
+        ]
+
+    def forward(self, batch: TokenBatch, all_rows: bool = False) -> F32:
+        """Logits (n_seqs, vocab) at each sequence's last token, or (n_tokens, vocab) with all_rows."""
+        cfg = self.checkpoint.config
+        x = self.checkpoint.tok_embeddings[batch.token_ids]  # (n_tokens, dim)
+        for ops in self.layers:
+            x = decoder_layer(x, ops, cfg, self.rope, batch)
+        rows = x if all_rows else x[batch.last_rows]
+        h = rmsnorm(rows, self.checkpoint.norm, cfg.norm_eps)
+        return h @ self.checkpoint.output.T

@@ -1,0 +1,104 @@
+"""Tokenizers and streaming detokenisation.
+
+Every vocabulary (the byte-level demo one, SentencePiece or BPE from tokenizer.json, GGUF, llama2.c
+tokenizer.bin) reduces each token to the raw bytes it contributes to the output. Streaming works on those
+bytes, so a character split across tokens (byte-fallback pieces, byte-level BPE) is never emitted half-made.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from collections.abc import Mapping, Sequence
+from typing import ClassVar, Protocol
+
+
+class Tokenizer(Protocol):
+    """What the engine and server need from a vocabulary."""
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def bos_id(self) -> int | None:
+        """None when the vocabulary has no BOS token (some BPE models)."""
+        ...
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        """Every id that ends generation (chat models often have several, e.g. <|eot_id|> and </s>)."""
+        ...
+
+    @property
+    def bos_token(self) -> str:
+        """The BOS string chat templates insert; "" when there is none."""
+        ...
+
+    @property
+    def eos_token(self) -> str: ...
+
+    def encode(self, text: str, *, add_bos: bool) -> list[int]:
+        """Special-token strings inside `text` become their ids, as HF added tokens do."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids` without special tokens; invalid UTF-8 becomes U+FFFD."""
+        ...
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes `token_id` adds to the output; b"" for special tokens."""
+        ...
+
+
+class ByteTokenizer:
+    """The demo vocabulary: ids 0..255 are UTF-8 bytes, then <s>, </s> and <pad>."""
+
+    BOS_ID = 256
+    EOS_ID = 257
+    PAD_ID = 258
+    _SPECIALS: ClassVar[Mapping[str, int]] = {"<s>": BOS_ID, "</s>": EOS_ID}
+    # The capturing group makes re.split keep the special strings it splits on. <pad> is deliberately not
+    # here: it is an internal filler, and text that spells it is ordinary bytes.
+    _SPECIAL_RE = re.compile("(<s>|</s>)")
+
+    vocab_size = 259
+    bos_id = BOS_ID
+    eos_ids = frozenset({EOS_ID})
+    bos_token = "<s>"
+    eos_token = "</s>"
+
+    def encode(self, text: str, *, add_bos: bool) -> list[int]:
+        ids = [self.BOS_ID] if add_bos else []
+        for piece in self._SPECIAL_RE.split(text):
+            special = self._SPECIALS.get(piece)
+            if special is not None:
+                ids.append(special)
+            else:
+                ids.extend(piece.encode("utf-8"))
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if not 0 <= token_id < self.vocab_size:
+            raise ValueError(f"token id {token_id} is outside the vocabulary [0, {self.vocab_size})")
+        return bytes((token_id,)) if token_id < 256 else b""
+
+
+class IncrementalDetokenizer:
+    """Turns a stream of token ids into text pieces that are never a broken UTF-8 sequence.
+
+    The incremental UTF-8 codec holds back a valid but incomplete multi-byte prefix and replaces bytes as
+    soon as they cannot start or continue a character, so the pieces always join to the one-shot decode.
+    """
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        return self._decoder.decode(self._tokenizer.token_bytes(token_id))
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)

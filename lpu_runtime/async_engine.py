@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from lpu_runtime.catalog import load_model
@@ -117,7 +117,7 @@ class AsyncEngine:
         """Raises ContextLengthExceededError when prompt + max_tokens can never fit."""
         self.engine.resolve_max_tokens(n_prompt, max_tokens)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[RequestOutput]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
         """Yields the request's increments; closing the generator early aborts it and frees its KV cache."""
         seq = self.engine.make_sequence(request)
         if request.request_id in self._queues:

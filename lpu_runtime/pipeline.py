@@ -147,7 +147,12 @@ class Pipeline:
 
     def forward(self, batch: TokenBatch) -> tuple[F32, StepCost]:
         """Runs one step; returns logits (n_seqs, vocab) float32 at each sequence's last token, and its cost."""
-        cfg = self.config
+        cfg, engine = self.config, self.plan.engine
+        if batch.n_tokens > engine.max_num_batched_tokens or len(batch.seqs) > engine.max_num_seqs:
+            raise ValueError(
+                f"a step of {batch.n_tokens} tokens in {len(batch.seqs)} sequences exceeds the compiled buffers "
+                f"({engine.max_num_batched_tokens} tokens, {engine.max_num_seqs} sequences)"
+            )
         x: F32 = np.empty((0, cfg.dim), dtype=np.float32)
         stage_cycles, link_cycles = [], 0
         logits: F32 | None = None

@@ -1,0 +1,17 @@
+"""A tiny Llama (3 layers, GQA) that compiles and runs in milliseconds, for runtime unit tests."""
+
+from __future__ import annotations
+
+from lpu_runtime.config import EngineConfig, ModelConfig
+
+TINY = ModelConfig(
+    name="test-tiny",
+    dim=64,
+    n_layers=3,
+    n_heads=4,
+    n_kv_heads=2,
+    ffn_dim=160,
+    vocab_size=259,  # the byte tokenizer's, so engine tests can detokenize
+    max_context=128,
+)
+TINY_ENGINE = EngineConfig(max_num_seqs=4, max_num_batched_tokens=64, max_kv_tokens=512)

@@ -1,13 +1,14 @@
 """The emulated multi-chip LPU: compiler, chips, pipeline, engine. Never imports web libraries."""
 
 from lpu_runtime.async_engine import AsyncEngine
-from lpu_runtime.catalog import compile_plan, model_config
+from lpu_runtime.catalog import can_serve, compile_plan, model_config
 from lpu_runtime.compiler import Plan, compile_model
 from lpu_runtime.config import DEMO_MODEL, MODEL_PRESETS, ChipSpec, EngineConfig, ModelConfig, SystemSpec
 from lpu_runtime.errors import (
     ChatTemplateError,
     CompileError,
     ContextLengthExceededError,
+    EngineDeadError,
     InvalidRequestError,
     LpuError,
     SramOverflowError,
@@ -35,6 +36,7 @@ __all__ = [
     "ContextLengthExceededError",
     "EmulatedTimings",
     "EngineConfig",
+    "EngineDeadError",
     "EngineStats",
     "FinishReason",
     "GenerationRequest",
@@ -48,6 +50,7 @@ __all__ = [
     "SamplingParams",
     "SramOverflowError",
     "SystemSpec",
+    "can_serve",
     "compile_model",
     "compile_plan",
     "model_config",

@@ -20,7 +20,7 @@ from lpu_runtime.catalog import load_model
 from lpu_runtime.compiler import compile_model
 from lpu_runtime.config import DEMO_MODEL, EngineConfig, SystemSpec
 from lpu_runtime.engine import Engine
-from lpu_runtime.errors import ChatTemplateError
+from lpu_runtime.errors import ChatTemplateError, EngineDeadError
 from lpu_runtime.pipeline import Pipeline
 from lpu_runtime.scheduler import Sequence
 from lpu_runtime.types import EngineStats, GenerationRequest, ModelInfo, RequestOutput
@@ -119,6 +119,8 @@ class AsyncEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
         """Yields the request's increments; closing the generator early aborts it and frees its KV cache."""
+        if not self.is_healthy():
+            raise EngineDeadError(f"the engine thread has stopped: {self._failed!r}")
         seq = self.engine.make_sequence(request)
         if request.request_id in self._queues:
             raise ValueError(f"request id {request.request_id!r} is already running")
@@ -184,4 +186,5 @@ class AsyncEngine:
         except BaseException as exc:  # a dead engine thread must show in /health, not hang every request
             self._failed = exc
             log.exception("engine thread died")
-            raise
+            for request_id in list(self._queues):
+                self._deliver(self.engine.fail(request_id, exc))

@@ -43,6 +43,11 @@ def load_model(name: str, seed: int = 0) -> LoadedModel:
     raise KeyError(f"unknown model {name!r}; this build serves: {', '.join(sorted(DEMO_ALIASES))}")
 
 
+def can_serve(name: str) -> bool:
+    """Whether `load_model` has weights for this name (presets alone only compile and plan)."""
+    return name in DEMO_ALIASES
+
+
 def model_config(name: str) -> ModelConfig:
     """The architecture behind a served name or a preset, without loading weights."""
     return DEMO_MODEL if name in DEMO_ALIASES else model_preset(name)

@@ -171,10 +171,17 @@ class Engine:
             self.scheduler.finish(seq)
         return self._output(seq, (token,), text)
 
-    def _fail(self, seq: Sequence, exc: Exception) -> RequestOutput:
+    def fail(self, request_id: str, exc: BaseException) -> RequestOutput:
+        """Ends a request with an error, whether it is queued, running or not yet handed to the engine."""
+        seq = self.scheduler.remove(request_id)
+        if seq is None:
+            return RequestOutput(request_id, (), "", 0, 0, True, FinishReason.ERROR, error=_describe(exc))
+        return self._fail(seq, exc)
+
+    def _fail(self, seq: Sequence, exc: BaseException) -> RequestOutput:
         self.scheduler.remove(seq.request_id)
         seq.finish_reason = FinishReason.ERROR
-        return self._output(seq, (), "", error=f"{type(exc).__name__}: {exc}")
+        return self._output(seq, (), "", error=_describe(exc))
 
     def _output(
         self, seq: Sequence, new_ids: tuple[int, ...], text: str, error: str | None = None
@@ -231,3 +238,7 @@ class Engine:
             steps=self.steps,
             chips=chips,
         )
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

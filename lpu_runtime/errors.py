@@ -33,5 +33,9 @@ class SramOverflowError(LpuError):
     """An allocation would pass a chip's SRAM capacity."""
 
 
+class EngineDeadError(LpuError):
+    """The engine thread has stopped; no request can be served until the process restarts."""
+
+
 class ChatTemplateError(LpuError):
     """The chat template could not render the conversation."""

@@ -11,7 +11,7 @@ from lpu_runtime.catalog import LoadedModel
 from lpu_runtime.compiler import compile_model
 from lpu_runtime.config import EngineConfig, SystemSpec
 from lpu_runtime.engine import Engine
-from lpu_runtime.errors import ContextLengthExceededError, InvalidRequestError
+from lpu_runtime.errors import ContextLengthExceededError, EngineDeadError, InvalidRequestError
 from lpu_runtime.model import Checkpoint
 from lpu_runtime.pipeline import Pipeline
 from lpu_runtime.tokenizer import ByteTokenizer
@@ -218,3 +218,26 @@ def test_async_engine_streams_and_a_closed_generator_aborts(tiny_checkpoint: Che
 
 async def _collect(engine: AsyncEngine, r: GenerationRequest) -> list[RequestOutput]:
     return [o async for o in engine.generate(r)]
+
+
+def test_a_dead_engine_thread_fails_pending_requests_and_refuses_new_ones(
+    tiny_checkpoint: Checkpoint,
+) -> None:
+    async def scenario() -> None:
+        engine = AsyncEngine(make_engine(tiny_checkpoint))
+
+        def broken_step() -> list[RequestOutput]:
+            raise MemoryError("emulated host failure")
+
+        engine.engine.step = broken_step  # type: ignore[method-assign]
+        engine.start()
+        try:
+            outs = [o async for o in engine.generate(request("doomed", max_tokens=5))]
+            assert outs[-1].finish_reason is FinishReason.ERROR and "MemoryError" in (outs[-1].error or "")
+            assert not engine.is_healthy()
+            with pytest.raises(EngineDeadError):
+                await engine.generate(request("after", max_tokens=5)).__anext__()
+        finally:
+            engine.shutdown()
+
+    asyncio.run(scenario())

@@ -1,0 +1,45 @@
+"""`lpu serve`: run the OpenAI-compatible HTTP server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import uvicorn
+
+from lpu_runtime import DEMO_MODEL, can_serve
+from server.app import create_app
+from server.commands.base import Command
+from server.settings import ALL_OPTIONS, Settings, add_options
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_options(parser, ALL_OPTIONS)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if not can_serve(settings.model):
+        # Presets describe architectures for `lpu compile`; only models with weights can be served.
+        print(
+            f"lpu serve: no weights for model {settings.model!r}: this build serves {DEMO_MODEL.name} "
+            f"(use `lpu compile --model {settings.model}` to see how it would be placed)",
+            file=sys.stderr,
+        )
+        return 2
+    # uvicorn configures only its own loggers; ours ("server") need a handler too.
+    level = "DEBUG" if settings.log_level == "trace" else settings.log_level.upper()
+    logging.basicConfig(level=level, format="%(levelname)s:     %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        # Streams are cancelled on shutdown (sse-starlette watches uvicorn's exit flag), so a short
+        # grace period is enough for in-flight non-streaming requests to finish.
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+COMMAND = Command("serve", "run the OpenAI-compatible HTTP server", configure, run)

@@ -1,0 +1,46 @@
+"""The part of `lpu_runtime.AsyncEngine` the server relies on, and how the server builds the real one.
+
+Naming the interface keeps the HTTP layer honest about what it uses and lets the app be typed and tested
+against any engine that keeps this contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from lpu_runtime import AsyncEngine, EngineStats, GenerationRequest, ModelInfo, RequestOutput
+from server.settings import Settings
+
+
+class EngineClient(Protocol):
+    @property
+    def model_info(self) -> ModelInfo: ...
+
+    def start(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    def encode_chat(
+        self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None
+    ) -> list[int]: ...
+
+    def encode_text(self, prompt: str) -> list[int]: ...
+
+    def count_check(self, n_prompt: int, max_tokens: int | None) -> None: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[RequestOutput]: ...
+
+    def abort(self, request_id: str) -> None: ...
+
+    def stats(self) -> EngineStats: ...
+
+    def is_healthy(self) -> bool: ...
+
+
+def build_engine(settings: Settings) -> EngineClient:
+    """Slow (weights, compilation, SRAM placement) and synchronous: call it from a worker thread."""
+    engine: EngineClient = AsyncEngine.create(
+        model=settings.model, system=settings.system_spec(), engine_config=settings.engine_config()
+    )
+    return engine

@@ -1,0 +1,174 @@
+"""The server's one configuration object, built from command-line flags with `LPU_*` environment fallbacks.
+
+Precedence is flag > environment variable > default, so a deployment can set everything through the
+environment and a developer can still override one value on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lpu_runtime import DEMO_MODEL, ChipSpec, EngineConfig, SystemSpec, model_config
+
+MIB = 1024 * 1024
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+_ENGINE_DEFAULTS = EngineConfig()
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A flag or environment variable holds a value the server cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model: str = DEMO_MODEL.name
+    chips: int = 4
+    max_num_seqs: int = _ENGINE_DEFAULTS.max_num_seqs
+    max_num_batched_tokens: int = _ENGINE_DEFAULTS.max_num_batched_tokens
+    served_model_name: str | None = None  # None: the id the engine reports for the model
+    log_level: str = "info"
+    metrics_max_users: int = 50
+    chip_sram_mib: float | None = None  # None: the chip's own SRAM size
+    api_key: str | None = field(default=None, repr=False)  # repr=False keeps it out of logs
+
+    def system_spec(self) -> SystemSpec:
+        chip = (
+            ChipSpec() if self.chip_sram_mib is None else ChipSpec(sram_bytes=int(self.chip_sram_mib * MIB))
+        )
+        return SystemSpec(n_chips=self.chips, chip=chip)
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens
+        )
+
+
+@dataclass(frozen=True)
+class _Option:
+    """One setting: its flag, its environment variable and how to turn a string into a valid value."""
+
+    name: str
+    flag: str
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str | None = None
+
+    @property
+    def env(self) -> str:
+        return "LPU_" + self.flag.removeprefix("--").upper().replace("-", "_")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("must be an integer") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _int(text)
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a TCP port in 1..65535")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if not 0 < value < float("inf"):  # also rejects nan
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+def _model(text: str) -> str:
+    try:
+        model_config(text)  # presets and the demo model's aliases, without loading weights
+    except KeyError as exc:
+        if not Path(text).exists():
+            raise ValueError(str(exc.args[0]) if exc.args else "unknown model") from None
+    return text
+
+
+def _log_level(text: str) -> str:
+    if text.lower() not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return text.lower()
+
+
+# Options every subcommand that builds a system shares (`serve`, `compile`, and later `plan`, `bench`).
+SYSTEM_OPTIONS = (
+    _Option("model", "--model", _model, f"model preset or path (default {DEMO_MODEL.name})", "MODEL"),
+    _Option("chips", "--chips", _positive_int, "number of emulated LPU chips (default 4)", "N"),
+    _Option("chip_sram_mib", "--chip-sram-mb", _positive_float, "override each chip's SRAM, in MiB", "MIB"),
+    _Option(
+        "max_num_seqs", "--max-num-seqs", _positive_int,
+        f"sequences in one running batch (default {_ENGINE_DEFAULTS.max_num_seqs})", "N",
+    ),
+    _Option(
+        "max_num_batched_tokens", "--max-num-batched-tokens", _positive_int,
+        f"tokens per engine step (default {_ENGINE_DEFAULTS.max_num_batched_tokens})", "N",
+    ),
+)  # fmt: skip
+
+SERVE_OPTIONS = (
+    _Option("host", "--host", _nonempty, "interface to bind (default 127.0.0.1)"),
+    _Option("port", "--port", _port, "TCP port (default 8000)"),
+    _Option("served_model_name", "--served-model-name", _nonempty, "model id for clients (default: its own)", "NAME"),
+    _Option("log_level", "--log-level", _log_level, f"one of {', '.join(LOG_LEVELS)} (default info)", "LEVEL"),
+    _Option(
+        "metrics_max_users", "--metrics-max-users", _positive_int,
+        "distinct user label values in /metrics before the rest count as 'other' (default 50)", "N",
+    ),
+    _Option("api_key", "--api-key", _nonempty, "require 'Authorization: Bearer KEY' on /v1 (prefer the env)", "KEY"),
+)  # fmt: skip
+
+ALL_OPTIONS = SYSTEM_OPTIONS + SERVE_OPTIONS
+
+
+def add_options(parser: argparse.ArgumentParser, options: tuple[_Option, ...]) -> None:
+    """Declare flags with no argparse default, so an absent flag can fall back to the environment."""
+    for opt in options:
+        parser.add_argument(
+            opt.flag, dest=opt.name, default=None, metavar=opt.metavar, help=f"{opt.help} [env {opt.env}]"
+        )
+
+
+def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+    """Resolve every option as flag, then environment, then default; raise SettingsError naming the source."""
+    values: dict[str, Any] = {}
+    for opt in ALL_OPTIONS:
+        raw = getattr(args, opt.name, None)
+        source = f"argument {opt.flag}"
+        if raw is None:
+            raw = env.get(opt.env)
+            source = f"environment variable {opt.env}"
+        if raw is None:
+            continue
+        try:
+            values[opt.name] = opt.parse(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{source}: invalid value {raw!r}: {exc}") from None
+    return Settings(**values)

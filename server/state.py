@@ -1,0 +1,39 @@
+"""What one app instance holds: its settings, its metrics and, once the lifespan has built it, its engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lpu_runtime import EngineStats
+from server.engine import EngineClient
+from server.metrics import ServerMetrics
+from server.serving import OpenAIServing
+from server.settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: ServerMetrics = field(init=False)
+    engine: EngineClient | None = None
+    serving: OpenAIServing | None = None
+
+    def __post_init__(self) -> None:
+        self.metrics = ServerMetrics(self.settings.metrics_max_users, self.engine_stats)
+
+    def engine_stats(self) -> EngineStats | None:
+        return None if self.engine is None else self.engine.stats()
+
+    @property
+    def served_model(self) -> str:
+        if self.settings.served_model_name:
+            return self.settings.served_model_name
+        return "" if self.engine is None else self.engine.model_info.id
+
+    def attach(self, engine: EngineClient) -> None:
+        self.engine = engine
+        self.serving = OpenAIServing(engine, self.metrics, self.served_model)
+
+    def detach(self) -> None:
+        self.serving = None
+        self.engine = None

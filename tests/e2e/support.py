@@ -1,0 +1,112 @@
+"""The running server the e2e tests share, and helpers that read it over HTTP only."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 120.0
+CHIPS = 4
+METRICS_MAX_USERS = 6  # small, so the bounding test can overflow it with a few requests
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@dataclass(frozen=True)
+class Server:
+    base_url: str
+    model: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    chips: int = CHIPS
+    metrics_max_users: int = METRICS_MAX_USERS
+
+    def log_tail(self, chars: int = 6000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def scrape(self) -> Samples:
+        """Every sample of /metrics, keyed by (sample name, labels)."""
+        text = httpx.get(f"{self.base_url}/metrics", timeout=10).text
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    def wait_until_idle(self, timeout_s: float = 10.0) -> float:
+        """Seconds until /health reports nothing running or waiting; fails the test at the timeout."""
+        start = time.monotonic()
+        health: dict[str, object] = {}
+        while time.monotonic() - start < timeout_s:
+            health = httpx.get(f"{self.base_url}/health", timeout=5).json()
+            if health["running"] == 0 and health["waiting"] == 0:
+                return time.monotonic() - start
+            time.sleep(0.05)
+        pytest.fail(f"engine still busy {timeout_s} s later: {health}")
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until_healthy(server: Server) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            pytest.fail(
+                f"server exited with status {server.process.returncode}; its log:\n{server.log_tail()}"
+            )
+        try:
+            if httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"server not healthy after {START_TIMEOUT_S:.0f} s; its log:\n{server.log_tail()}")
+
+
+@contextmanager
+def running_server(log_dir: Path, model: str, extra_args: Sequence[str] = ()) -> Iterator[Server]:
+    """`python -m server serve` on a free port until the block ends; fails the test if it will not start
+    or will not stop on SIGTERM, with the server's log in the message."""
+    port = free_port()
+    log_path = log_dir / "server.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LPU_")}  # the flags below are the config
+    command = [
+        sys.executable, "-m", "server", "serve", "--port", str(port), "--chips", str(CHIPS),
+        "--log-level", "info", *extra_args,
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", model, process, log_path)
+    try:
+        wait_until_healthy(server)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            pytest.fail(f"server ignored SIGTERM for 20 s; its log:\n{server.log_tail()}")

@@ -113,7 +113,7 @@ class AsyncEngine:
         tok = self.engine.model.tokenizer
         return tok.encode(prompt, add_bos=tok.bos_id is not None)
 
-    def count_check(self, n_prompt: int, max_tokens: int | None) -> None:
+    def check_fits(self, n_prompt: int, max_tokens: int | None) -> None:
         """Raises ContextLengthExceededError when prompt + max_tokens can never fit."""
         self.engine.resolve_max_tokens(n_prompt, max_tokens)
 

@@ -248,7 +248,7 @@ class OpenAIServing:
         if not prompt_ids:
             raise InvalidRequestError(endpoint.prompt_param, "the prompt is empty after tokenization")
         try:
-            self.engine.count_check(len(prompt_ids), params.max_tokens)
+            self.engine.check_fits(len(prompt_ids), params.max_tokens)
         except ContextLengthExceededError as exc:
             raise context_length_exceeded(exc, endpoint.prompt_param) from None
         meta = ResponseMeta(

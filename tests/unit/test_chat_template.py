@@ -7,6 +7,7 @@ import pytest
 
 from lpu_runtime.chat_template import DEMO_CHAT_TEMPLATE, ChatTemplate, TemplateRaisedError
 from lpu_runtime.errors import ChatTemplateError
+from tests.shared_models import params_for, require
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},
@@ -120,16 +121,10 @@ EXPECTED_FAILURES: dict[str, tuple[type[ChatTemplateError], str]] = {
 }
 
 
-def _template_paths() -> list[Any]:
-    if not TEMPLATE_DIR.is_dir():
-        return [
-            pytest.param(None, marks=pytest.mark.skip(reason=f"{TEMPLATE_DIR} is absent"), id="no-templates")
-        ]
-    return [pytest.param(path, id=path.name) for path in sorted(TEMPLATE_DIR.glob("*.jinja"))]
-
-
-@pytest.mark.parametrize("path", _template_paths())
-def test_real_template_renders_a_system_and_user_turn(path: Path) -> None:
+@pytest.mark.parametrize("path", params_for("chat-templates", "*.jinja"))
+def test_real_template_renders_a_system_and_user_turn(path: Path | None) -> None:
+    if path is None:
+        path = require("chat-templates")  # absent: skips, or fails under CI
     template = ChatTemplate(path.read_text(), bos_token="<s>", eos_token="</s>")
 
     def render() -> str:

@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 HOST ?= $(or $(LPU_HOST),127.0.0.1)
 PORT ?= $(or $(LPU_PORT),8000)
 ARGS ?=
+PY_DIRS := server lpu_runtime tests benchmarks deploy
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck unit bench demo clean
 
 # Stamp files re-run the install only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -25,8 +26,8 @@ run: $(VENV)/.installed
 	$(BIN)/lpu serve --host $(HOST) --port $(PORT) $(ARGS)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check server lpu_runtime tests benchmarks
-	$(BIN)/ruff format --check server lpu_runtime tests benchmarks
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
@@ -36,6 +37,10 @@ test: lint typecheck
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_serving.py $(ARGS)
+
+# The demo stack (server, Prometheus, Grafana, traffic): needs Docker with the compose plugin.
+demo:
+	docker compose up --build
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,7 +1,7 @@
 """The emulated multi-chip LPU: compiler, chips, pipeline, engine. Never imports web libraries."""
 
 from lpu_runtime.async_engine import AsyncEngine
-from lpu_runtime.catalog import can_serve, compile_plan, model_config
+from lpu_runtime.catalog import can_serve, check_model, compile_plan, model_config
 from lpu_runtime.compiler import Plan, compile_model
 from lpu_runtime.config import DEMO_MODEL, MODEL_PRESETS, ChipSpec, EngineConfig, ModelConfig, SystemSpec
 from lpu_runtime.errors import (
@@ -11,8 +11,16 @@ from lpu_runtime.errors import (
     EngineDeadError,
     InvalidRequestError,
     LpuError,
+    ModelFileError,
     SramOverflowError,
 )
+from lpu_runtime.hardware import CHIP_PRESETS, HardwareSpec, SpecError, load_spec
+from lpu_runtime.hardware import override as override_hardware
+from lpu_runtime.loaders.export import export_model
+from lpu_runtime.plan import PlanInputError, PlanReport, PlanRequest, plan_system, resolve_model
+from lpu_runtime.plan import render_table as render_plan_table
+from lpu_runtime.plan import to_dict as plan_report_dict
+from lpu_runtime.plan_svg import render_svg as render_plan_svg
 from lpu_runtime.types import (
     ChipStats,
     EmulatedTimings,
@@ -26,6 +34,7 @@ from lpu_runtime.types import (
 )
 
 __all__ = [
+    "CHIP_PRESETS",
     "DEMO_MODEL",
     "MODEL_PRESETS",
     "AsyncEngine",
@@ -40,18 +49,33 @@ __all__ = [
     "EngineStats",
     "FinishReason",
     "GenerationRequest",
+    "HardwareSpec",
     "HostTimings",
     "InvalidRequestError",
     "LpuError",
     "ModelConfig",
+    "ModelFileError",
     "ModelInfo",
     "Plan",
+    "PlanInputError",
+    "PlanReport",
+    "PlanRequest",
     "RequestOutput",
     "SamplingParams",
+    "SpecError",
     "SramOverflowError",
     "SystemSpec",
     "can_serve",
+    "check_model",
     "compile_model",
     "compile_plan",
+    "export_model",
+    "load_spec",
     "model_config",
+    "override_hardware",
+    "plan_report_dict",
+    "plan_system",
+    "render_plan_svg",
+    "render_plan_table",
+    "resolve_model",
 ]

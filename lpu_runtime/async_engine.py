@@ -17,12 +17,14 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from lpu_runtime.catalog import load_model
-from lpu_runtime.compiler import compile_model
+from lpu_runtime.compiler import check_host_memory, compile_model
 from lpu_runtime.config import DEMO_MODEL, EngineConfig, SystemSpec
 from lpu_runtime.engine import Engine
 from lpu_runtime.errors import ChatTemplateError, EngineDeadError
+from lpu_runtime.loaders.progress import LoadProgress
 from lpu_runtime.pipeline import Pipeline
 from lpu_runtime.scheduler import Sequence
+from lpu_runtime.tokenizer import encode_prompt
 from lpu_runtime.types import EngineStats, GenerationRequest, ModelInfo, RequestOutput
 
 log = logging.getLogger(__name__)
@@ -47,12 +49,22 @@ class AsyncEngine:
         model: str = DEMO_MODEL.name,
         system: SystemSpec | None = None,
         engine_config: EngineConfig | None = None,
+        tokenizer: str | None = None,
+        chat_template: str | None = None,
+        max_context: int | None = None,
     ) -> AsyncEngine:
-        """Loads the model, compiles it onto the system and fills the chips' SRAM (slow; synchronous)."""
+        """Loads the model, compiles it onto the system and fills the chips' SRAM (slow; synchronous).
+
+        tokenizer / chat_template: files that replace the model's own (`--tokenizer`, `--chat-template`);
+        max_context: a context shorter than the model's own (`--max-model-len`).
+        """
         config = engine_config or EngineConfig()
-        loaded = load_model(model, seed=config.seed)
+        loaded = load_model(
+            model, seed=config.seed, tokenizer=tokenizer, chat_template=chat_template, max_context=max_context
+        )
         plan = compile_model(loaded.checkpoint.config, system or SystemSpec(), config)
-        pipeline = Pipeline(plan, loaded.checkpoint)
+        check_host_memory(plan)
+        pipeline = Pipeline(plan, loaded.checkpoint, on_tensor=LoadProgress(loaded.name))
         log.info("compiled %s onto %d chips in %d stages", loaded.name, plan.n_chips_used, len(plan.stages))
         return cls(Engine(loaded, plan, pipeline))
 
@@ -104,14 +116,11 @@ class AsyncEngine:
                 f"model {self.engine.model.name!r} has no chat template: use /v1/completions or pass one"
             )
         text = template.render(messages, add_generation_prompt=True, tools=tools)
-        tok = self.engine.model.tokenizer
-        # The template usually writes the BOS itself; never add a second one.
-        has_bos = bool(tok.bos_token) and text.startswith(tok.bos_token)
-        return tok.encode(text, add_bos=not has_bos and tok.bos_id is not None)
+        # The template usually writes the BOS itself; encode_prompt never adds a second one.
+        return encode_prompt(self.engine.model.tokenizer, text)
 
     def encode_text(self, prompt: str) -> list[int]:
-        tok = self.engine.model.tokenizer
-        return tok.encode(prompt, add_bos=tok.bos_id is not None)
+        return encode_prompt(self.engine.model.tokenizer, prompt)
 
     def check_fits(self, n_prompt: int, max_tokens: int | None) -> None:
         """Raises ContextLengthExceededError when prompt + max_tokens can never fit."""

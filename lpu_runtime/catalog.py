@@ -1,17 +1,47 @@
-"""Models the engine can serve by name, each with its weights, tokenizer and chat template."""
+"""What `--model` names: weights, tokenizer, chat template, end-of-sequence ids and a description.
+
+A model is one of
+- the embedded demo model (`lpu-demo-untrained-13m`, aliases `demo`, `default`);
+- `synthetic:<preset>`: random weights of a real architecture's exact shape (config.MODEL_PRESETS), with the
+  tokenizer given by `--tokenizer` or else the byte-level one;
+- a local path: a HuggingFace directory (config.json + safetensors), a `.gguf` file, or a llama2.c `.bin`
+  (its tokenizer from `--tokenizer`, else `tokenizer.bin` or `tok*.bin` beside it);
+- a Hugging Face Hub id (`org/name`), downloaded into the hub cache when the hub is reachable.
+
+Resolving reads headers, configs and tokenizers only: weights stay on disk until the pipeline asks for them.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from lpu_runtime.chat_template import DEMO_CHAT_TEMPLATE, ChatTemplate
-from lpu_runtime.compiler import Plan, compile_model
-from lpu_runtime.config import DEMO_MODEL, EngineConfig, ModelConfig, SystemSpec, model_preset
+from lpu_runtime.compiler import Plan, check_host_memory, compile_model
+from lpu_runtime.config import DEMO_MODEL, MODEL_PRESETS, EngineConfig, ModelConfig, SystemSpec, model_preset
+from lpu_runtime.errors import InvalidRequestError, ModelFileError
+from lpu_runtime.gguf_file import GGUFFile
+from lpu_runtime.loaders import hub
+from lpu_runtime.loaders.assets import (
+    ModelAssets,
+    assets_for_gguf,
+    assets_for_hf_dir,
+    assets_for_llama2c,
+    assets_for_tokenizer,
+)
+from lpu_runtime.loaders.gguf import gguf_model_config, load_gguf_checkpoint
+from lpu_runtime.loaders.hf import load_hf_checkpoint, read_hf_config
+from lpu_runtime.loaders.llama2c import load_llama2c_checkpoint, read_llama2c_config
 from lpu_runtime.model import Checkpoint
 from lpu_runtime.synthetic import synthetic_checkpoint
 from lpu_runtime.tokenizer import ByteTokenizer, Tokenizer
 
 DEMO_ALIASES = frozenset({DEMO_MODEL.name, "demo", "default"})
+SYNTHETIC_PREFIX = "synthetic:"
+GGUF_MAGIC = b"GGUF"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # Printable ASCII, newline and tab: the bytes the untrained demo model is biased towards so that its noise
 # is readable in a terminal instead of control characters.
@@ -27,32 +57,234 @@ class LoadedModel:
     description: str
 
 
-def load_model(name: str, seed: int = 0) -> LoadedModel:
-    """Resolves a model name to weights, tokenizer and template; KeyError with the known names otherwise."""
+@dataclass(frozen=True)
+class ModelSource:
+    """What the user named, and the optional files that override the model's own."""
+
+    model: str
+    tokenizer: str | None = None  # --tokenizer PATH
+    chat_template: str | None = None  # --chat-template FILE
+    seed: int = 0  # synthetic weights
+    max_context: int | None = None  # --max-model-len: serve a shorter context than the model's own (tokens)
+
+
+def load_model(
+    name: str,
+    seed: int = 0,
+    tokenizer: str | None = None,
+    chat_template: str | None = None,
+    max_context: int | None = None,
+) -> LoadedModel:
+    """Resolves `--model` to weights, tokenizer and template.
+
+    Raises KeyError (with the accepted forms) for a name that is none of them, and ModelFileError naming
+    the file for anything wrong with one that is.
+    """
+    source = ModelSource(name, tokenizer, chat_template, seed, max_context)
     if name in DEMO_ALIASES:
-        tokenizer = ByteTokenizer()
-        return LoadedModel(
-            checkpoint=synthetic_checkpoint(DEMO_MODEL, seed, favoured_token_ids=PRINTABLE_BYTES),
-            tokenizer=tokenizer,
-            chat_template=ChatTemplate(
-                DEMO_CHAT_TEMPLATE, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token
-            ),
-            name=DEMO_MODEL.name,
-            description=DEMO_MODEL.description,
+        loaded = _demo(source)
+    elif name.startswith(SYNTHETIC_PREFIX):
+        loaded = _synthetic(source)
+    else:
+        path = Path(name).expanduser()
+        if not path.exists() and is_hub_id(name):
+            loaded = _from_path(source, hub.download(name), served_name=name)
+        elif path.exists():
+            loaded = _from_path(source, path, served_name=path.name)
+        else:
+            raise KeyError(unknown_model_message(name))
+    if max_context is None:
+        return loaded
+    ck = loaded.checkpoint
+    config = cap_context(ck.config, max_context)
+    return replace(loaded, checkpoint=Checkpoint(config, ck.loader, ck.source))
+
+
+def cap_context(config: ModelConfig, max_context: int | None) -> ModelConfig:
+    """`--max-model-len`: a shorter context means a smaller KV reservation, so fewer chips."""
+    if max_context is None:
+        return config
+    if not 0 < max_context <= config.max_context:
+        raise InvalidRequestError(
+            "max_model_len",
+            f"--max-model-len {max_context} must be between 1 and {config.name}'s context of "
+            f"{config.max_context} tokens",
         )
-    raise KeyError(f"unknown model {name!r}; this build serves: {', '.join(sorted(DEMO_ALIASES))}")
+    return replace(config, max_context=max_context)
+
+
+def check_model(
+    name: str,
+    system: SystemSpec,
+    engine: EngineConfig | None = None,
+    *,
+    tokenizer: str | None = None,
+    chat_template: str | None = None,
+    max_context: int | None = None,
+) -> str:
+    """Everything `AsyncEngine.create` checks before it reads a weight: the files, tokenizer and template,
+    the placement on the system and the host memory the emulated SRAM needs. Returns the description."""
+    loaded = load_model(name, tokenizer=tokenizer, chat_template=chat_template, max_context=max_context)
+    check_host_memory(compile_model(loaded.checkpoint.config, system, engine))
+    return loaded.description
+
+
+def unknown_model_message(name: str) -> str:
+    return (
+        f"unknown model {name!r}: pass a path (HuggingFace directory, .gguf, llama2.c .bin), a Hugging Face "
+        f"Hub id (org/name), a preset or synthetic:<preset> ({', '.join(sorted(MODEL_PRESETS))}), or "
+        f"{', '.join(sorted(DEMO_ALIASES))}"
+    )
+
+
+def is_hub_id(name: str) -> bool:
+    return bool(_HUB_ID.match(name)) and not name.startswith((".", "/", "~"))
 
 
 def can_serve(name: str) -> bool:
-    """Whether `load_model` has weights for this name (presets alone only compile and plan)."""
-    return name in DEMO_ALIASES
+    """Whether `load_model` may find weights for this name (presets alone only compile and plan)."""
+    if name in DEMO_ALIASES or os.path.exists(os.path.expanduser(name)) or is_hub_id(name):
+        return True
+    return name.startswith(SYNTHETIC_PREFIX) and name.removeprefix(SYNTHETIC_PREFIX).lower() in MODEL_PRESETS
 
 
 def model_config(name: str) -> ModelConfig:
-    """The architecture behind a served name or a preset, without loading weights."""
-    return DEMO_MODEL if name in DEMO_ALIASES else model_preset(name)
+    """The architecture behind a served name, a preset or a local checkpoint, without reading weights."""
+    if name in DEMO_ALIASES:
+        return DEMO_MODEL
+    if name.startswith(SYNTHETIC_PREFIX):
+        return _preset(name)
+    path = Path(name).expanduser()
+    if path.exists():
+        kind = _kind(path)
+        if kind == "hf":
+            return read_hf_config(_hf_dir(path), path.name)
+        if kind == "gguf":
+            return gguf_model_config(GGUFFile(path), path.name)
+        return read_llama2c_config(path, path.name)
+    try:
+        return model_preset(name)
+    except KeyError:
+        raise KeyError(unknown_model_message(name)) from None
 
 
-def compile_plan(model: str, system: SystemSpec, engine: EngineConfig | None = None) -> Plan:
+def compile_plan(
+    model: str, system: SystemSpec, engine: EngineConfig | None = None, max_context: int | None = None
+) -> Plan:
     """`lpu compile`: the placement of a named model on a system; needs no weights."""
-    return compile_model(model_config(model), system, engine)
+    return compile_model(cap_context(model_config(model), max_context), system, engine)
+
+
+# -- resolution --------------------------------------------------------------------------------------------
+
+
+def _demo(source: ModelSource) -> LoadedModel:
+    tokenizer = ByteTokenizer()
+    return LoadedModel(
+        checkpoint=synthetic_checkpoint(DEMO_MODEL, source.seed, favoured_token_ids=PRINTABLE_BYTES),
+        tokenizer=tokenizer,
+        chat_template=ChatTemplate(
+            DEMO_CHAT_TEMPLATE, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token
+        ),
+        name=DEMO_MODEL.name,
+        description=DEMO_MODEL.description,
+    )
+
+
+def _preset(name: str) -> ModelConfig:
+    preset = name.removeprefix(SYNTHETIC_PREFIX)
+    try:
+        return replace(model_preset(preset), name=name)
+    except KeyError as exc:
+        raise KeyError(f"{exc.args[0]} (in {name!r})") from None
+
+
+def _synthetic(source: ModelSource) -> LoadedModel:
+    config = _preset(source.model)
+    if config.n_experts > 1:
+        raise ModelFileError(
+            source.model,
+            "is a mixture-of-experts architecture, which `lpu compile` plans but the emulator cannot run",
+        )
+    if source.tokenizer is None:
+        assets = ModelAssets(ByteTokenizer(), None, "the byte-level tokenizer")
+    else:
+        assets = assets_for_tokenizer(Path(source.tokenizer).expanduser())
+    if source.chat_template is not None:
+        assets = assets.with_template_file(Path(source.chat_template).expanduser())
+    tokenizer = assets.tokenizer
+    if tokenizer.vocab_size > config.vocab_size:
+        # The preset's LM head must cover every id the tokenizer can produce.
+        config = replace(config, vocab_size=tokenizer.vocab_size)
+    description = (
+        f"Untrained synthetic model with {config.name.removeprefix(SYNTHETIC_PREFIX)}'s exact shape "
+        f"({config.n_params / 1e9:,.2f}B params, seeded random weights, seed {source.seed}); "
+        f"tokenizer: {assets.tokenizer_origin}. Its text is noise: it exists for benchmarks and planning."
+    )
+    return LoadedModel(
+        checkpoint=synthetic_checkpoint(replace(config, description=description), source.seed),
+        tokenizer=assets.padded_to(config.vocab_size),
+        chat_template=assets.chat_template,
+        name=source.model,
+        description=description,
+    )
+
+
+def _kind(path: Path) -> str:
+    """The format of `path` ("hf", "gguf" or "llama2c"), from its name and its first bytes."""
+    if path.is_dir() or path.suffix == ".safetensors" or path.name == "config.json":
+        return "hf"
+    if path.suffix == ".gguf":
+        return "gguf"  # GGUFFile names a wrong magic
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ModelFileError(path, f"cannot be read ({exc.strerror})") from None
+    return "gguf" if magic == GGUF_MAGIC else "llama2c"
+
+
+def _hf_dir(path: Path) -> Path:
+    directory = path if path.is_dir() else path.parent
+    if not (directory / "config.json").is_file():
+        raise ModelFileError(
+            directory, "has no config.json: a model directory must be in HuggingFace layout (or pass a file)"
+        )
+    return directory
+
+
+def _from_path(source: ModelSource, path: Path, served_name: str) -> LoadedModel:
+    kind = _kind(path)
+    tokenizer_path = Path(source.tokenizer).expanduser() if source.tokenizer else None
+    if kind == "hf":
+        directory = _hf_dir(path)
+        checkpoint = load_hf_checkpoint(directory, served_name)
+        assets = assets_for_hf_dir(directory, tokenizer_path)
+        fmt = "HuggingFace safetensors"
+    elif kind == "gguf":
+        gguf = GGUFFile(path)
+        checkpoint = load_gguf_checkpoint(path, served_name, gguf)
+        assets = assets_for_gguf(gguf, tokenizer_path)
+        fmt = "GGUF"
+    else:
+        checkpoint = load_llama2c_checkpoint(path, served_name)
+        assets = assets_for_llama2c(path, tokenizer_path, checkpoint.config.vocab_size)
+        fmt = "llama2.c"
+    if source.chat_template is not None:
+        assets = assets.with_template_file(Path(source.chat_template).expanduser())
+    cfg = checkpoint.config
+    template = "none (chat requests are refused; use completions)"
+    if assets.chat_template is not None:
+        template = assets.template_origin
+    description = (
+        f"{served_name}: {fmt} checkpoint from {path}; {cfg.n_layers} layers, dim {cfg.dim}, {cfg.n_heads} heads / "
+        f"{cfg.n_kv_heads} KV heads, vocab {cfg.vocab_size}, {cfg.n_params / 1e6:,.2f}M params, context "
+        f"{cfg.max_context}; tokenizer: {assets.tokenizer_origin}; chat template: {template}"
+    )
+    return LoadedModel(
+        checkpoint=checkpoint,
+        tokenizer=assets.padded_to(cfg.vocab_size),
+        chat_template=assets.chat_template,
+        name=served_name,
+        description=description,
+    )

@@ -63,7 +63,9 @@ class Chip:
         """x: (n_tokens, in) float32 times this chip's int8 shard of `name` -> (n_tokens, rows) float32."""
         w = self._views[name]  # (rows, in) int8
         self.charge(perfmodel.linear_cycles(self.spec, x.shape[0], w.shape[0], w.shape[1]))
-        return int8_linear(x, w, self._views[f"{name}.scale"], self.gemm)
+        y = int8_linear(x, w, self._views[f"{name}.scale"], self.gemm)
+        bias = self._views.get(f"{name}.bias")  # (rows,) float32, only on biased projections
+        return y if bias is None else y + bias
 
     def embed(self, token_ids: NDArray[np.int64]) -> tuple[NDArray[np.bool_], NDArray[np.float32]]:
         """Rows of the embedding table this chip holds: (mask of tokens it owns, (n_owned, dim) float32)."""
@@ -90,7 +92,6 @@ class Chip:
         k_cache = self._views[f"layers.{layer}.k_cache"]  # (kv_tokens, local_kv_heads, head_dim) float16
         v_cache = self._views[f"layers.{layer}.v_cache"]
         out = np.empty_like(q)
-        cycles = 0
         for s in batch.seqs:
             rows = slice(s.row, s.row + s.n_tokens)
             new_slots = s.kv_slots[s.start_pos : s.start_pos + s.n_tokens]
@@ -99,8 +100,6 @@ class Chip:
             keys = k_cache[s.kv_slots].astype(np.float32)  # (n_ctx, local_kv_heads, head_dim)
             values = v_cache[s.kv_slots].astype(np.float32)
             out[rows] = causal_attention(q[rows], keys, values, s.start_pos)
-            cycles += perfmodel.attention_cycles(
-                self.spec, s.n_tokens, len(s.kv_slots), q.shape[1], k.shape[1], q.shape[2]
-            )
-        self.charge(cycles)
+        seqs = [(s.n_tokens, len(s.kv_slots)) for s in batch.seqs]  # one batched op over every sequence
+        self.charge(perfmodel.attention_cycles(self.spec, seqs, q.shape[1], k.shape[1], q.shape[2]))
         return out

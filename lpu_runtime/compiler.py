@@ -10,6 +10,7 @@ reservation and the activation buffers then get SRAM offsets on their chip's are
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -18,10 +19,14 @@ from lpu_runtime import perfmodel
 from lpu_runtime.config import ChipSpec, EngineConfig, ModelConfig, SystemSpec
 from lpu_runtime.errors import CompileError, SramOverflowError
 from lpu_runtime.perfmodel import FP16_BYTES, FP32_BYTES
+from lpu_runtime.sharding import expert_shard, head_ranges, layer_widths, partition
 from lpu_runtime.sram import Region, RegionKind, SramArena
 
 # Context length at which the compiler estimates a decode step to balance stages (tokens).
 BALANCE_CONTEXT = 512
+# Share of physical memory the emulated chips' SRAM may take; the rest is the process, numpy temporaries
+# and one float32 tensor in flight while loading.
+HOST_MEMORY_FRACTION = 0.8
 
 
 class UnitKind(StrEnum):
@@ -121,10 +126,10 @@ class Plan:
 
     @property
     def est_decode_cycles(self) -> int:
-        """One token through every stage plus the hops between them, batch 1."""
+        """One token through every stage plus the hops between them, batch 1 (as link.py: the slowest receiver)."""
         act = self.model.dim * FP32_BYTES
         hops = sum(
-            self.hop_cycles(a.chips[0], b.chips[0], act)
+            max(self.hop_cycles(a.chips[0], c, act) for c in b.chips)
             for a, b in zip(self.stages, self.stages[1:], strict=False)
         )
         return sum(s.est_cycles for s in self.stages) + hops
@@ -133,32 +138,33 @@ class Plan:
         return render_plan(self)
 
 
-def partition(n: int, parts: int) -> list[tuple[int, int]]:
-    """Splits range(n) into `parts` contiguous ranges whose sizes differ by at most one."""
-    base, extra = divmod(n, parts)
-    out, start = [], 0
-    for j in range(parts):
-        stop = start + base + (1 if j < extra else 0)
-        out.append((start, stop))
-        start = stop
-    return out
+def unit_widths(model: ModelConfig, unit: Unit) -> Sequence[int]:
+    """The group widths a unit can be split over, ascending: layers by heads (see `layer_widths`), the
+    embedding table and LM head by vocabulary rows."""
+    return layer_widths(model) if unit.kind is UnitKind.LAYER else range(1, model.vocab_size + 1)
 
 
 def max_width(model: ModelConfig, unit: Unit) -> int:
-    """How many chips a unit can be split over: attention splits by whole KV heads."""
-    return model.n_kv_heads if unit.kind is UnitKind.LAYER else model.vocab_size
+    """The widest split spare chips may buy: layers stop at whole KV heads (copying KV heads only ever
+    happens to make a layer fit, since the emulator executes groups up to n_kv_heads wide)."""
+    if unit.kind is not UnitKind.LAYER:
+        return model.vocab_size
+    return min(model.n_kv_heads, model.n_experts) if model.is_moe else model.n_kv_heads
 
 
 def unit_shards(model: ModelConfig, unit: Unit, width: int, rank: int, kv_tokens: int) -> list[TensorShard]:
     """The pieces of `unit` that chip `rank` of a `width`-chip group holds."""
     d, hd = model.dim, model.head_dim
 
-    def matrix(name: str, rows: tuple[int, int], cols: int) -> list[TensorShard]:
+    def matrix(name: str, rows: tuple[int, int], cols: int, bias: bool = False) -> list[TensorShard]:
         n = rows[1] - rows[0]
-        return [
+        shards = [
             TensorShard(name, RegionKind.WEIGHT, "int8", (n, cols), rows),
             TensorShard(f"{name}.scale", RegionKind.WEIGHT, "float32", (n,), rows),
         ]
+        if bias:  # sharded with its matrix's rows, so each chip adds the bias of the channels it computes
+            shards.append(TensorShard(f"{name}.bias", RegionKind.WEIGHT, "float32", (n,), rows))
+        return shards
 
     def vector(name: str, n: int) -> TensorShard:
         return TensorShard(name, RegionKind.WEIGHT, "float32", (n,), (0, n))
@@ -168,20 +174,31 @@ def unit_shards(model: ModelConfig, unit: Unit, width: int, rank: int, kv_tokens
     if unit.kind is UnitKind.HEAD:
         return [vector("norm", d), *matrix("output", partition(model.vocab_size, width)[rank], d)]
     p = f"layers.{unit.layer}"
-    kv0, kv1 = partition(model.n_kv_heads, width)[rank]
-    group = model.n_heads // model.n_kv_heads
+    (q0, q1), (kv0, kv1) = head_ranges(model, width, rank)
     dim_rows = partition(d, width)[rank]
-    ffn_rows = partition(model.ffn_dim, width)[rank]
+    if model.is_moe:  # experts stacked (expert e's rows at e * ffn_dim ...): whole ones, or a slice of one
+        ex, f = expert_shard(model, width, rank), model.ffn_dim
+        ffn = [
+            *matrix(f"{p}.router", (0, model.n_experts), d),
+            *matrix(f"{p}.w1", ex.stacked(ex.ffn_rows, f), d),
+            *matrix(f"{p}.w3", ex.stacked(ex.ffn_rows, f), d),
+            *matrix(f"{p}.w2", ex.stacked(ex.dim_rows, d), f),
+        ]
+    else:
+        ffn_rows = partition(model.ffn_dim, width)[rank]
+        ffn = [
+            *matrix(f"{p}.w1", ffn_rows, d),
+            *matrix(f"{p}.w3", ffn_rows, d),
+            *matrix(f"{p}.w2", dim_rows, model.ffn_dim),
+        ]
     return [
         vector(f"{p}.attn_norm", d),
-        *matrix(f"{p}.wq", (kv0 * group * hd, kv1 * group * hd), d),
-        *matrix(f"{p}.wk", (kv0 * hd, kv1 * hd), d),
-        *matrix(f"{p}.wv", (kv0 * hd, kv1 * hd), d),
+        *matrix(f"{p}.wq", (q0 * hd, q1 * hd), d, model.attention_bias),
+        *matrix(f"{p}.wk", (kv0 * hd, kv1 * hd), d, model.attention_bias),
+        *matrix(f"{p}.wv", (kv0 * hd, kv1 * hd), d, model.attention_bias),
         *matrix(f"{p}.wo", dim_rows, d),
         vector(f"{p}.ffn_norm", d),
-        *matrix(f"{p}.w1", ffn_rows, d),
-        *matrix(f"{p}.w3", ffn_rows, d),
-        *matrix(f"{p}.w2", dim_rows, model.ffn_dim),
+        *ffn,
         TensorShard(f"{p}.k_cache", RegionKind.KV, "float16", (kv_tokens, kv1 - kv0, hd), (kv0, kv1)),
         TensorShard(f"{p}.v_cache", RegionKind.KV, "float16", (kv_tokens, kv1 - kv0, hd), (kv0, kv1)),
     ]
@@ -198,7 +215,10 @@ def buffer_shards(
     tokens = engine.max_num_batched_tokens
     widest = 0
     for u in units:
-        if u.kind is UnitKind.LAYER:
+        if u.kind is UnitKind.LAYER and model.is_moe:  # a chip may compute its expert rows for every token
+            rows = expert_shard(model, width, 0).ffn_rows
+            widest = max(widest, tokens * max(rows[1] - rows[0], -(-(model.dim + 2 * model.kv_dim) // width)))
+        elif u.kind is UnitKind.LAYER:
             widest = max(widest, tokens * -(-max(model.ffn_dim, model.dim + 2 * model.kv_dim) // width))
         elif u.kind is UnitKind.HEAD:
             widest = max(widest, engine.max_num_seqs * -(-model.vocab_size // width))
@@ -218,26 +238,31 @@ def model_units(model: ModelConfig) -> list[Unit]:
 
 def unit_cycles(chip: ChipSpec, model: ModelConfig, unit: Unit, width: int) -> int:
     """Estimated cycles of one decode token through a unit split `width` ways."""
+    return step_unit_cycles(chip, model, unit, width, n_tokens=1, n_ctx=BALANCE_CONTEXT, n_seqs=1)
+
+
+def step_unit_cycles(
+    chip: ChipSpec, model: ModelConfig, unit: Unit, width: int, n_tokens: int, n_ctx: int, n_seqs: int
+) -> int:
+    """Cycles of one step (n_tokens new tokens in n_seqs sequences over n_ctx positions) through a unit."""
     if unit.kind is UnitKind.LAYER:
-        return perfmodel.layer_cycles(chip, model, 1, BALANCE_CONTEXT, width)
+        return perfmodel.layer_cycles(chip, model, n_tokens, n_ctx, width, n_seqs)
     if unit.kind is UnitKind.EMBED:
-        return perfmodel.op_cycles(chip, bytes_moved=model.dim * (1 + FP32_BYTES))
-    rows = -(-model.vocab_size // width)
-    return (
-        perfmodel.vector_cycles(chip, model.dim, 4.0)
-        + perfmodel.linear_cycles(chip, 1, rows, model.dim)
-        + perfmodel.allgather_cycles(chip, rows * FP32_BYTES, width)
-    )
+        return perfmodel.embed_cycles(chip, model, n_tokens, width)
+    return perfmodel.head_cycles(chip, model, n_seqs, width)
 
 
 class _Compiler:
-    def __init__(self, model: ModelConfig, system: SystemSpec, engine: EngineConfig) -> None:
+    def __init__(
+        self, model: ModelConfig, system: SystemSpec, engine: EngineConfig, min_kv_tokens: int | None = None
+    ) -> None:
         self.model, self.system, self.engine = model, system, engine
         self.chip = system.chip
         self.units = model_units(model)
         block = engine.kv_block_tokens
-        # Every request must be able to run alone at full context: that much KV is the minimum reservation.
-        self.kv_min = -(-model.max_context // block) * block
+        # Every request must be able to run alone at full context: that much KV is the minimum reservation
+        # (more when the caller must hold several full contexts at once, as the planner's batch).
+        self.kv_min = -(-max(model.max_context, min_kv_tokens or 0) // block) * block
         self._bytes_cache: dict[tuple[UnitKind, int, int], int] = {}
         self._cycles_cache: dict[tuple[UnitKind, int], int] = {}
 
@@ -285,27 +310,28 @@ class _Compiler:
 
     def min_width(self, unit: Unit) -> int:
         """Fewest chips that hold the unit alone (with minimum KV); CompileError if no split is enough."""
-        limit = max_width(self.model, unit)
+        widths = unit_widths(self.model, unit)
+        limit = widths[-1]
         if not self.fits([unit], limit, self.kv_min):
             try:
                 self.place(0, [unit], limit, self.kv_min, ranks=1)
             except SramOverflowError as exc:
-                how = "one KV head per chip" if unit.kind is UnitKind.LAYER else "one row per chip"
+                how = "its narrowest heads per chip" if unit.kind is UnitKind.LAYER else "one row per chip"
                 raise CompileError(
                     f"{self.model.name}: {unit.name} cannot fit even split over {limit} chips ({how}): {exc}"
                 ) from None
-        # Exponential then binary search: fitting is monotone in the width.
-        hi = 1
-        while not self.fits([unit], hi, self.kv_min):
-            hi = min(hi * 2, limit)
-        lo = hi // 2 + 1 if hi > 1 else 1
+        # Exponential then binary search over the allowed widths: fitting is monotone in the width.
+        hi = 0
+        while not self.fits([unit], widths[hi], self.kv_min):
+            hi = min(2 * hi + 1, len(widths) - 1)
+        lo = (hi - 1) // 2 + 1 if hi else 0
         while lo < hi:
             mid = (lo + hi) // 2
-            if self.fits([unit], mid, self.kv_min):
+            if self.fits([unit], widths[mid], self.kv_min):
                 hi = mid
             else:
                 lo = mid + 1
-        return hi
+        return widths[hi]
 
     def pack(self, widths: dict[Unit, int], max_stage_cycles: int | None) -> list[tuple[list[Unit], int]]:
         """Greedy contiguous packing: units needing a wide group stand alone; others share a chip while the
@@ -436,9 +462,41 @@ class _Compiler:
         return Plan(self.model, self.system, self.engine, tuple(stages), tuple(chips), kv_tokens)
 
 
-def compile_model(model: ModelConfig, system: SystemSpec, engine: EngineConfig | None = None) -> Plan:
-    """Places `model` on `system`; raises CompileError with the numbers when it cannot fit."""
-    return _Compiler(model, system, engine or EngineConfig()).compile()
+def check_host_memory(plan: Plan) -> None:
+    """The emulator backs every chip's planned SRAM with host memory: refuse a plan this machine cannot
+    hold before filling it (planning and compiling such a model needs no memory: `lpu compile`)."""
+    needed = sum(c.used_bytes for c in plan.chips)  # bytes
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")  # bytes
+    if needed > HOST_MEMORY_FRACTION * physical:
+        raise CompileError(
+            f"{plan.model.name}: emulating {plan.n_chips_used} chips needs {needed / 2**30:,.1f} GiB of host "
+            f"memory for their SRAM but this machine has {physical / 2**30:,.1f} GiB; "
+            f"`lpu compile --model {plan.model.name}` plans it without weights"
+        )
+
+
+def compile_model(
+    model: ModelConfig,
+    system: SystemSpec,
+    engine: EngineConfig | None = None,
+    min_kv_tokens: int | None = None,
+) -> Plan:
+    """Places `model` on `system`; raises CompileError with the numbers when it cannot fit. Every layer's
+    chips hold at least `min_kv_tokens` KV slots (default: one full context)."""
+    return _Compiler(model, system, engine or EngineConfig(), min_kv_tokens).compile()
+
+
+def min_chips(
+    model: ModelConfig,
+    system: SystemSpec,
+    engine: EngineConfig | None = None,
+    min_kv_tokens: int | None = None,
+) -> int:
+    """The fewest chips `compile_model` can place the model on (SRAM the only limit); CompileError if a unit
+    cannot fit on any split. `system.n_chips` is ignored."""
+    compiler = _Compiler(model, system, engine or EngineConfig(), min_kv_tokens)
+    widths = {u: compiler.min_width(u) for u in compiler.units}
+    return sum(w for _, w in compiler.pack(widths, None))
 
 
 def _mib(n: int) -> str:

@@ -23,7 +23,9 @@ class ChipSpec:
     n_links: int = 16  # chip-to-chip links
     link_bandwidth_bytes_per_s: float = 14e9  # bytes/s per link per direction
     hop_latency_ns: float = 240.0  # ns per chip-to-chip hop
-    op_latency_cycles: int = 20  # cycles of fixed issue/drain latency per op (a dependent-chain term)
+    # The two fitted parameters of the performance model (docs/perfmodel.md has the fit and its data):
+    op_latency_cycles: int = 2900  # cycles of fixed latency per dependent op, fitted
+    weight_stream_efficiency: float = 0.11  # fraction of SRAM bandwidth a GEMM streams weights at, fitted
     sram_alignment_bytes: int = 64  # bytes; every SRAM allocation starts on this boundary
 
     def __post_init__(self) -> None:
@@ -38,6 +40,10 @@ class ChipSpec:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ChipSpec.{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.weight_stream_efficiency <= 1:
+            raise ValueError(
+                f"ChipSpec.weight_stream_efficiency must be in (0, 1], got {self.weight_stream_efficiency}"
+            )
         if self.hop_latency_ns < 0 or self.op_latency_cycles < 0:
             raise ValueError("ChipSpec latencies must not be negative")
 
@@ -73,6 +79,23 @@ class SystemSpec:
 
 
 @dataclass(frozen=True)
+class RopeScaling:
+    """Context extension of RoPE frequencies, as HuggingFace's `rope_scaling` (types "linear" and "llama3")."""
+
+    kind: str  # "linear": every frequency / factor; "llama3": low frequencies / factor, smooth in between
+    factor: float
+    low_freq_factor: float = 1.0  # llama3 only
+    high_freq_factor: float = 4.0  # llama3 only
+    original_max_context: int = 8192  # tokens; llama3 only: the context the model was pre-trained at
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("linear", "llama3"):
+            raise ValueError(f"RoPE scaling type {self.kind!r} is not supported (linear, llama3)")
+        if self.factor <= 0 or self.low_freq_factor <= 0 or self.high_freq_factor <= self.low_freq_factor:
+            raise ValueError(f"RoPE scaling {self.kind!r}: factors must be positive and high > low")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """A Llama-family decoder (Llama 2/3, Mistral, TinyLlama, SmolLM...)."""
 
@@ -88,6 +111,10 @@ class ModelConfig:
     max_context: int = 2048  # tokens
     tied_embeddings: bool = False
     description: str = ""
+    attention_bias: bool = False  # q, k and v projections carry biases (Qwen2)
+    rope_scaling: RopeScaling | None = None
+    n_experts: int = 1  # > 1: a mixture-of-experts FFN (Mixtral); planned and costed, not emulated
+    n_experts_per_token: int = 1  # experts each token is routed to
 
     def __post_init__(self) -> None:
         if min(self.dim, self.n_layers, self.n_heads, self.n_kv_heads, self.ffn_dim, self.vocab_size) <= 0:
@@ -102,6 +129,15 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"ModelConfig {self.name!r}: head_dim {self.head_dim} must be even for RoPE")
+        if not 1 <= self.n_experts_per_token <= self.n_experts:
+            raise ValueError(
+                f"ModelConfig {self.name!r}: n_experts_per_token {self.n_experts_per_token} must be in "
+                f"1..n_experts ({self.n_experts})"
+            )
+
+    @property
+    def is_moe(self) -> bool:
+        return self.n_experts > 1
 
     @property
     def head_dim(self) -> int:
@@ -116,8 +152,10 @@ class ModelConfig:
         per_layer = (
             self.dim * self.dim * 2  # wq, wo
             + self.dim * self.kv_dim * 2  # wk, wv
-            + self.dim * self.ffn_dim * 3  # w1, w2, w3
+            + self.dim * self.ffn_dim * 3 * self.n_experts  # w1, w2, w3 of every expert
+            + (self.n_experts * self.dim if self.is_moe else 0)  # the router
             + self.dim * 2  # two RMSNorm weights
+            + (self.dim + 2 * self.kv_dim if self.attention_bias else 0)
         )
         embeddings = self.vocab_size * self.dim * (1 if self.tied_embeddings else 2)
         return per_layer * self.n_layers + embeddings + self.dim
@@ -171,6 +209,15 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     "llama-3-70b": ModelConfig(
         name="llama-3-70b", dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, ffn_dim=28672,
         vocab_size=128256, rope_theta=500000.0, max_context=8192,
+    ),
+    "llama-3.1-405b": ModelConfig(
+        name="llama-3.1-405b", dim=16384, n_layers=126, n_heads=128, n_kv_heads=8, ffn_dim=53248,
+        vocab_size=128256, rope_theta=500000.0, max_context=131072,
+        rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 8192),
+    ),
+    "mixtral-8x7b": ModelConfig(
+        name="mixtral-8x7b", dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336,
+        vocab_size=32000, rope_theta=1e6, max_context=32768, n_experts=8, n_experts_per_token=2,
     ),
 }  # fmt: skip
 

@@ -45,6 +45,8 @@ class Engine:
         self.scheduler = Scheduler(plan.engine, self.allocator)
         self.now = now
         self.steps = 0
+        self.stage_busy_cycles = [0] * len(plan.stages)  # cycles, summed over steps
+        self.link_cycles = 0  # cycles, summed over steps
         tok = model.tokenizer
         self._banned = frozenset({tok.bos_id} if tok.bos_id is not None else ())
 
@@ -124,6 +126,9 @@ class Engine:
             return [self._fail(s.seq, exc) for s in scheduled]
         self.clock.advance(cost.cycles)
         self.steps += 1
+        for stage, cycles in enumerate(cost.stage_cycles):
+            self.stage_busy_cycles[stage] += cycles
+        self.link_cycles += cost.link_cycles
         outputs = []
         for i, s in enumerate(scheduled):
             seq = s.seq
@@ -226,6 +231,7 @@ class Engine:
                 buffer_bytes=chip.plan.bytes_of(RegionKind.BUFFER),
                 kv_used_bytes=int(chip.plan.bytes_of(RegionKind.KV) * used_fraction),
                 busy_cycles=chip.busy_cycles,
+                stage=chip.plan.stage,
             )
             for chip in self.pipeline.chips
         )
@@ -237,6 +243,9 @@ class Engine:
             emulated_cycles=self.clock.cycles,
             steps=self.steps,
             chips=chips,
+            clock_hz=self.clock.clock_hz,
+            stage_busy_cycles=tuple(self.stage_busy_cycles),
+            link_cycles=self.link_cycles,
         )
 
 

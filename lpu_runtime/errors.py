@@ -39,3 +39,13 @@ class EngineDeadError(LpuError):
 
 class ChatTemplateError(LpuError):
     """The chat template could not render the conversation."""
+
+
+class ModelFileError(LpuError, ValueError):
+    """A model, tokenizer or template file is missing, malformed or of an unsupported kind: one sentence
+    naming the file and the problem."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = str(path)
+        self.problem = problem

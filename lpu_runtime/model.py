@@ -6,7 +6,7 @@ on emulated chips. This module knows nothing about chips (the compiler is a pass
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -14,38 +14,89 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lpu_runtime.config import ModelConfig
+from lpu_runtime.errors import ModelFileError
 from lpu_runtime.kernels import RopeTables, causal_attention, rmsnorm, silu
 
 F32 = NDArray[np.float32]
 
 
-@dataclass(frozen=True)
-class LayerWeights:
-    """One decoder layer. Matrices are (out_features, in_features) float32, as in HuggingFace."""
-
-    attn_norm: F32  # (dim,)
-    wq: F32  # (dim, dim)
-    wk: F32  # (kv_dim, dim)
-    wv: F32  # (kv_dim, dim)
-    wo: F32  # (dim, dim)
-    ffn_norm: F32  # (dim,)
-    w1: F32  # (ffn_dim, dim) gate
-    w3: F32  # (ffn_dim, dim) up
-    w2: F32  # (dim, ffn_dim) down
-
-
 LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w1", "w3", "w2")
+BIASED_NAMES = ("wq", "wk", "wv")  # the projections that carry a bias when ModelConfig.attention_bias
+
+
+def layer_tensor_shapes(config: ModelConfig, layer: int) -> dict[str, tuple[int, ...]]:
+    """One decoder layer's tensors: matrices (out_features, in_features) as in HuggingFace."""
+    d, kv, f, p = config.dim, config.kv_dim, config.ffn_dim, f"layers.{layer}"
+    shapes: dict[str, tuple[int, ...]] = {
+        f"{p}.attn_norm": (d,),
+        f"{p}.wq": (d, d),
+        f"{p}.wk": (kv, d),
+        f"{p}.wv": (kv, d),
+        f"{p}.wo": (d, d),
+        f"{p}.ffn_norm": (d,),
+        f"{p}.w1": (f, d),  # gate
+        f"{p}.w3": (f, d),  # up
+        f"{p}.w2": (d, f),  # down
+    }
+    if config.attention_bias:
+        shapes.update({f"{p}.wq.bias": (d,), f"{p}.wk.bias": (kv,), f"{p}.wv.bias": (kv,)})
+    return shapes
+
+
+def tensor_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a model by canonical name, in file order (embedding, layers, final norm, LM head)."""
+    shapes: dict[str, tuple[int, ...]] = {"tok_embeddings": (config.vocab_size, config.dim)}
+    for layer in range(config.n_layers):
+        shapes.update(layer_tensor_shapes(config, layer))
+    shapes["norm"] = (config.dim,)
+    shapes["output"] = (config.vocab_size, config.dim)
+    return shapes
+
+
+TensorLoader = Callable[[str], F32]
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A model's weights in float32, whatever format they came from."""
+    """A model's weights in float32, whatever format they came from, produced one tensor at a time.
+
+    `loader` maps a canonical name (see `tensor_shapes`) to its float32 array, in HuggingFace layout:
+    matrices (out_features, in_features), Q/K rows in rotate-half RoPE order. Loading on demand is what lets
+    the pipeline quantize a model larger than host memory tensor by tensor; with tied embeddings "output"
+    returns the embedding table.
+    """
 
     config: ModelConfig
-    tok_embeddings: F32  # (vocab, dim)
-    layers: tuple[LayerWeights, ...]
-    norm: F32  # (dim,)
-    output: F32  # (vocab, dim); the same array as tok_embeddings when tied
+    loader: TensorLoader
+    source: str = "in-memory weights"  # the file or origin, named in errors
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(tensor_shapes(self.config))
+
+    def tensor(self, name: str) -> F32:
+        shape = tensor_shapes(self.config).get(name)
+        if shape is None:
+            raise KeyError(f"{self.config.name} has no tensor {name!r}")
+        value = self.loader(name)
+        if value.shape != shape or value.dtype != np.float32:
+            raise ModelFileError(
+                self.source, f"tensor {name} is {value.dtype} {value.shape}, expected float32 {shape}"
+            )
+        return value
+
+    @classmethod
+    def from_arrays(
+        cls, config: ModelConfig, arrays: Mapping[str, F32], source: str = "in-memory weights"
+    ) -> Checkpoint:
+        missing = [n for n in tensor_shapes(config) if n not in arrays]
+        if missing:
+            raise ModelFileError(source, f"misses tensor {missing[0]} ({len(missing)} missing)")
+        return cls(config, arrays.__getitem__, source)
+
+    def materialize(self) -> Checkpoint:
+        """Every tensor loaded once and held in memory (for the reference model and small checkpoints)."""
+        return Checkpoint.from_arrays(self.config, {n: self.tensor(n) for n in self.names}, self.source)
 
 
 @dataclass(frozen=True)
@@ -131,9 +182,11 @@ def decoder_layer(x: F32, ops: LayerOps, config: ModelConfig, rope: RopeTables, 
 @dataclass(frozen=True)
 class DenseLinear:
     w: F32  # (out_features, in_features) float32
+    bias: F32 | None = None  # (out_features,) float32
 
     def __call__(self, x: F32) -> F32:
-        return x @ self.w.T
+        y: F32 = x @ self.w.T
+        return y if self.bias is None else y + self.bias
 
 
 class DenseKVAttention:
@@ -159,25 +212,35 @@ class ReferenceModel:
 
     def __init__(self, checkpoint: Checkpoint, kv_slots: int | None = None) -> None:
         cfg = checkpoint.config
-        self.checkpoint = checkpoint
-        self.rope = RopeTables.build(cfg.head_dim, cfg.max_context, cfg.rope_theta)
+        self.config = cfg
+        self.rope = RopeTables.for_model(cfg)
         slots = kv_slots if kv_slots is not None else cfg.max_context
+        t = checkpoint.tensor
+        self.embeddings = t("tok_embeddings")  # (vocab, dim)
+        self.norm = t("norm")  # (dim,)
+        self.output = t("output")  # (vocab, dim)
+
+        def linear(p: str, name: str) -> DenseLinear:
+            biased = cfg.attention_bias and name in BIASED_NAMES
+            return DenseLinear(t(f"{p}.{name}"), t(f"{p}.{name}.bias") if biased else None)
+
         self.layers = [
             LayerOps(
-                attn_norm=lw.attn_norm,
-                ffn_norm=lw.ffn_norm,
-                **{name: DenseLinear(getattr(lw, name)) for name in LINEAR_NAMES},
+                attn_norm=t(f"layers.{i}.attn_norm"),
+                ffn_norm=t(f"layers.{i}.ffn_norm"),
+                **{name: linear(f"layers.{i}", name) for name in LINEAR_NAMES},
                 attention=DenseKVAttention(slots, cfg.n_kv_heads, cfg.head_dim),
             )
-            for lw in checkpoint.layers
+            for i in range(cfg.n_layers)
         ]
 
     def forward(self, batch: TokenBatch, all_rows: bool = False) -> F32:
         """Logits (n_seqs, vocab) at each sequence's last token, or (n_tokens, vocab) with all_rows."""
-        cfg = self.checkpoint.config
-        x = self.checkpoint.tok_embeddings[batch.token_ids]  # (n_tokens, dim)
+        cfg = self.config
+        x = self.embeddings[batch.token_ids]  # (n_tokens, dim)
         for ops in self.layers:
             x = decoder_layer(x, ops, cfg, self.rope, batch)
         rows = x if all_rows else x[batch.last_rows]
-        h = rmsnorm(rows, self.checkpoint.norm, cfg.norm_eps)
-        return h @ self.checkpoint.output.T
+        h = rmsnorm(rows, self.norm, cfg.norm_eps)
+        logits: F32 = h @ self.output.T
+        return logits

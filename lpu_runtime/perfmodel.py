@@ -1,35 +1,78 @@
-"""The analytic performance model of an LPU: the only source of emulated time.
+"""The analytic performance model of an LPU: the only source of emulated time, and the planner's.
 
-Every op on a chip costs a fixed issue/drain latency plus the larger of its SRAM traffic and its arithmetic
-(the chip streams operands from SRAM while the matrix units compute, so the slower of the two bounds it):
+Every op on a chip costs a fixed latency plus the larger of its SRAM traffic and its arithmetic (the chip
+streams operands from SRAM while the matrix units compute, so the slower of the two bounds it):
 
-    cycles(op) = op_latency + ceil(clock_hz * max(bytes / sram_bandwidth, int8_ops / int8_peak + flops / fp16_peak))
+    cycles(op) = L_op + ceil(f * max(W / (e * B_sram) + A / B_sram,  I / P_int8 + F / P_fp16))
 
-A transfer between chips costs hops * hop_latency + bytes / link_bandwidth. The compiler estimates stage times
-with these functions and the executor charges the simulated clock with the same ones, so the plan and the
-emulated figures agree. All results are integer cycles; nothing here reads wall time.
+    W  weight bytes a GEMM streams into the matrix units     A  other bytes read and written (activations, KV)
+    I  int8 ops (a multiply-add is 2)                        F  fp16/fp32 flops
+    f  clock (Hz)   B_sram  SRAM bandwidth   P_*  peak rates  e  weight-stream efficiency (fitted)
+    L_op  latency of one dependent op (fitted)
+
+A transfer between chips costs `hops x t_hop + bytes / B_link`; an all-gather in a group of w chips sends each
+shard to the w - 1 others over parallel links, ceil((w - 1) / n_links) shards per link.
+
+One decoder layer on the busiest chip (rank 0) of a w-chip tensor-parallel group, for T new tokens in S
+sequences attending over C cached positions each, is the chain the pipeline executes:
+
+    layer = vector(norms, RoPE, SiLU, residuals)
+          + gemm(wq) + gemm(wk) + gemm(wv) + attention(S sequences x T/S queries over C positions: one op,
+            every sequence's KV read from SRAM) + gather(attention) + gemm(wo) + gather(wo)
+          + dense FFN: gemm(w1) + gemm(w3) + gather(w1) + gather(w3) + gemm(w2) + gather(w2)
+          | MoE FFN:   gemm(router) + vector(top-k) + per local expert touched: gemm(w1) + gemm(w3) + gemm(w2)
+                       (+ their gathers when an expert spans several chips) + gather(combine)
+
+A stage costs its units on the busiest chip; a step costs every stage plus the hop between consecutive
+stages (one hop inside a node, two across nodes). Batching enters through T and S: weights are streamed once
+per step whatever T is, arithmetic and KV reads grow with it, so a large enough batch turns a GEMM from
+weight-bound to compute-bound.
+
+The two fitted parameters, op latency and weight-stream efficiency, live on `ChipSpec`; their values, the
+published figures they are fitted to and the ones that validate them are in docs/perfmodel.md. The compiler
+balances stages with these functions, the emulator charges its simulated clock with them and the planner
+predicts with them, so all three agree. All results are integer cycles; nothing here reads wall time.
+
+The GPU comparator (`gpu_step_seconds`) follows the same shape with HBM in place of SRAM.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from lpu_runtime.config import ChipSpec, ModelConfig
+from lpu_runtime.hardware import GpuServer, GpuSpec
+from lpu_runtime.sharding import expert_shard, head_ranges, partition
 
 FP32_BYTES = 4
 FP16_BYTES = 2
+VECTOR_FLOPS_PER_ELEMENT = 4.0  # norms, RoPE, SiLU and residual adds: a few flops per element
 
 
-def op_cycles(chip: ChipSpec, *, bytes_moved: float, int8_ops: float = 0.0, flops: float = 0.0) -> int:
-    memory_s = bytes_moved / chip.sram_bandwidth_bytes_per_s
+def op_cycles(
+    chip: ChipSpec,
+    *,
+    bytes_moved: float = 0.0,
+    weight_bytes: float = 0.0,
+    int8_ops: float = 0.0,
+    flops: float = 0.0,
+) -> int:
+    memory_s = (
+        weight_bytes / (chip.sram_bandwidth_bytes_per_s * chip.weight_stream_efficiency)
+        + bytes_moved / chip.sram_bandwidth_bytes_per_s
+    )
     compute_s = int8_ops / chip.int8_ops_per_s + flops / chip.fp16_flops_per_s
     return chip.op_latency_cycles + chip.cycles(max(memory_s, compute_s))
 
 
 def linear_cycles(chip: ChipSpec, n_tokens: int, out_features: int, in_features: int) -> int:
-    """An int8 GEMM reading its weight once: int8 weights + fp32 scales, int8 inputs, fp32 outputs."""
-    weight_bytes = out_features * in_features + out_features * FP32_BYTES
-    act_bytes = n_tokens * (in_features + out_features * FP32_BYTES)
+    """An int8 GEMM streaming its weight once: int8 weights + fp32 scales, int8 inputs, fp32 outputs."""
     return op_cycles(
-        chip, bytes_moved=weight_bytes + act_bytes, int8_ops=2.0 * n_tokens * out_features * in_features
+        chip,
+        weight_bytes=out_features * in_features + out_features * FP32_BYTES,
+        bytes_moved=n_tokens * (in_features + out_features * FP32_BYTES),
+        int8_ops=2.0 * n_tokens * out_features * in_features,
     )
 
 
@@ -39,12 +82,14 @@ def vector_cycles(chip: ChipSpec, n_elements: int, flops_per_element: float) -> 
 
 
 def attention_cycles(
-    chip: ChipSpec, n_new: int, n_ctx: int, n_heads: int, n_kv_heads: int, head_dim: int
+    chip: ChipSpec, seqs: Sequence[tuple[int, int]], n_heads: int, n_kv_heads: int, head_dim: int
 ) -> int:
-    """Causal attention of n_new queries over n_ctx cached positions, fp16 KV read from SRAM."""
-    kv_bytes = 2.0 * n_ctx * n_kv_heads * head_dim * FP16_BYTES
-    flops = 4.0 * n_new * n_ctx * n_heads * head_dim  # QK^T and PV, a multiply-add = 2 flops
-    return op_cycles(chip, bytes_moved=kv_bytes, flops=flops + 5.0 * n_new * n_ctx * n_heads)
+    """Causal attention of a step's sequences as one op: (n_new queries, n_ctx cached positions) each, the fp16
+    KV of every sequence read from SRAM once."""
+    kv_bytes = sum(2.0 * n_ctx * n_kv_heads * head_dim * FP16_BYTES for _, n_ctx in seqs)
+    # QK^T and PV (a multiply-add = 2 flops), then scale, mask and softmax (~5 flops) per score.
+    flops = sum(n_new * n_ctx * n_heads * (4.0 * head_dim + 5.0) for n_new, n_ctx in seqs)
+    return op_cycles(chip, bytes_moved=kv_bytes, flops=flops)
 
 
 def link_cycles(chip: ChipSpec, nbytes: int, hops: int = 1) -> int:
@@ -61,24 +106,168 @@ def allgather_cycles(chip: ChipSpec, shard_bytes: int, group: int) -> int:
     return link_cycles(chip, shard_bytes * peers_per_link)
 
 
+def embed_cycles(chip: ChipSpec, config: ModelConfig, n_tokens: int, width: int) -> int:
+    """Embedding lookup (int8 rows + fp32 row scales) on the chip owning the rows, then the all-gather."""
+    lookup = op_cycles(chip, bytes_moved=n_tokens * config.dim * (1 + FP32_BYTES))
+    return lookup + allgather_cycles(chip, n_tokens * config.dim * FP32_BYTES // width, width)
+
+
+def head_cycles(chip: ChipSpec, config: ModelConfig, n_seqs: int, width: int) -> int:
+    """Final RMSNorm and the LM head over each sequence's last position, vocabulary rows split `width` ways."""
+    rows = partition(config.vocab_size, width)[0][1]
+    return (
+        vector_cycles(chip, n_seqs * config.dim, VECTOR_FLOPS_PER_ELEMENT)
+        + linear_cycles(chip, n_seqs, rows, config.dim)
+        + allgather_cycles(chip, n_seqs * rows * FP32_BYTES, width)
+    )
+
+
 def layer_vector_cycles(chip: ChipSpec, config: ModelConfig, n_tokens: int, width: int) -> int:
-    """The non-GEMM work of one decoder layer on one of `width` tensor-parallel chips."""
-    # two RMSNorms and two residual adds over dim; RoPE over q and k; SiLU-gate over the FFN shard.
-    elements = n_tokens * (
-        4 * config.dim + (config.dim + config.kv_dim) // width + 2 * config.ffn_dim // width
+    """The non-GEMM work of one decoder layer on the busiest of `width` tensor-parallel chips."""
+    (q0, q1), (kv0, kv1) = head_ranges(config, width, 0)
+    ffn_rows = partition(config.ffn_dim, width)[0][1]
+    # two RMSNorms and two residual adds over dim; RoPE over the local q and k; SiLU-gate over the FFN shard.
+    elements = n_tokens * (4 * config.dim + (q1 - q0 + kv1 - kv0) * config.head_dim + 2 * ffn_rows)
+    return vector_cycles(chip, elements, VECTOR_FLOPS_PER_ELEMENT)
+
+
+def attention_block_cycles(
+    chip: ChipSpec, config: ModelConfig, n_tokens: int, n_ctx: int, width: int, n_seqs: int = 1
+) -> int:
+    """Q/K/V projections, attention over the chip's heads, the output projection and their gathers."""
+    d, hd = config.dim, config.head_dim
+    (q0, q1), (kv0, kv1) = head_ranges(config, width, 0)
+    heads, kv_heads = q1 - q0, kv1 - kv0
+    dim_rows = partition(d, width)[0][1]
+    per_seq = -(-n_tokens // n_seqs)
+    return (
+        linear_cycles(chip, n_tokens, heads * hd, d)
+        + 2 * linear_cycles(chip, n_tokens, kv_heads * hd, d)
+        + attention_cycles(chip, [(per_seq, n_ctx)] * n_seqs, heads, kv_heads, hd)
+        + allgather_cycles(chip, n_tokens * heads * hd * FP32_BYTES, width)
+        + linear_cycles(chip, n_tokens, dim_rows, d)
+        + allgather_cycles(chip, n_tokens * dim_rows * FP32_BYTES, width)
     )
-    return vector_cycles(chip, elements, flops_per_element=4.0)
 
 
-def layer_cycles(chip: ChipSpec, config: ModelConfig, n_tokens: int, n_ctx: int, width: int = 1) -> int:
-    """Estimated cycles of one decoder layer split `width` ways: the compiler's balancing cost."""
+def dense_ffn_cycles(chip: ChipSpec, config: ModelConfig, n_tokens: int, width: int) -> int:
+    """SwiGLU split by output channels: w1 and w3 by FFN rows, w2 by model rows, each gathered."""
+    d, f = config.dim, config.ffn_dim
+    ffn_rows, dim_rows = partition(f, width)[0][1], partition(d, width)[0][1]
+    return (
+        2 * linear_cycles(chip, n_tokens, ffn_rows, d)
+        + 2 * allgather_cycles(chip, n_tokens * ffn_rows * FP32_BYTES, width)
+        + linear_cycles(chip, n_tokens, dim_rows, f)
+        + allgather_cycles(chip, n_tokens * dim_rows * FP32_BYTES, width)
+    )
+
+
+@dataclass(frozen=True)
+class ExpertLoad:
+    """What the busiest chip of a MoE layer's group does for one step, assuming balanced routing."""
+
+    tokens: int  # token-expert pairs routed to this chip's experts
+    experts: int  # distinct local experts those pairs touch: each streams its weights once
+
+
+def expert_load(config: ModelConfig, n_tokens: int, width: int) -> ExpertLoad:
+    e0, e1 = expert_shard(config, width, 0).experts
+    local = e1 - e0
+    pairs = -(-n_tokens * config.n_experts_per_token * local // config.n_experts)
+    return ExpertLoad(tokens=pairs, experts=min(local, pairs))
+
+
+def moe_ffn_cycles(chip: ChipSpec, config: ModelConfig, n_tokens: int, width: int) -> int:
+    """Router, top-k, the experts this chip holds (expert parallel), then the combine gather.
+
+    Every chip of the group already holds the full activations after the attention gathers, so dispatch is
+    free; the chip holding a token's expert computes it, streaming the whole expert's weights, or, in a group
+    wider than n_experts, its slice of them, gathered within the expert's chips like a dense FFN.
+    """
+    d, f = config.dim, config.ffn_dim
+    shard = expert_shard(config, width, 0)
+    ffn_rows, dim_rows = shard.ffn_rows[1] - shard.ffn_rows[0], shard.dim_rows[1] - shard.dim_rows[0]
+    load = expert_load(config, n_tokens, width)
+    per_expert = -(-load.tokens // load.experts)
+    experts = load.experts * (
+        2 * linear_cycles(chip, per_expert, ffn_rows, d)
+        + 2 * allgather_cycles(chip, per_expert * ffn_rows * FP32_BYTES, shard.group)
+        + linear_cycles(chip, per_expert, dim_rows, f)
+        + allgather_cycles(chip, per_expert * dim_rows * FP32_BYTES, shard.group)
+    )
+    return (
+        linear_cycles(chip, n_tokens, config.n_experts, d)
+        + vector_cycles(chip, n_tokens * config.n_experts, VECTOR_FLOPS_PER_ELEMENT)
+        + experts
+        + allgather_cycles(chip, load.tokens * d * FP32_BYTES, width)
+    )
+
+
+def layer_cycles(
+    chip: ChipSpec, config: ModelConfig, n_tokens: int, n_ctx: int, width: int = 1, n_seqs: int = 1
+) -> int:
+    """One decoder layer split `width` ways: T = n_tokens new tokens in n_seqs sequences over n_ctx positions."""
+    ffn = (
+        moe_ffn_cycles(chip, config, n_tokens, width)
+        if config.is_moe
+        else dense_ffn_cycles(chip, config, n_tokens, width)
+    )
+    return (
+        layer_vector_cycles(chip, config, n_tokens, width)
+        + attention_block_cycles(chip, config, n_tokens, n_ctx, width, n_seqs)
+        + ffn
+    )
+
+
+GPU_KERNELS_PER_LAYER = (
+    10  # norm, QKV GEMM, RoPE, attention, O GEMM, add+norm, gate/up GEMM, SiLU, down GEMM, add
+)
+GPU_KERNELS_HEAD = 3  # final norm, LM head GEMM, sampling
+
+
+def ffn_experts_touched(config: ModelConfig, n_tokens: int) -> float:
+    """Expected distinct experts a step's tokens route to (1 for a dense FFN): each streams its weights."""
+    if not config.is_moe:
+        return 1.0
+    miss = (1.0 - config.n_experts_per_token / config.n_experts) ** n_tokens
+    return config.n_experts * (1.0 - miss)
+
+
+def gpu_allreduce_seconds(gpu: GpuSpec, nbytes: float, group: int) -> float:
+    """Ring all-reduce over NVLink: a fixed latency plus 2 (n - 1) / n of the bytes through each GPU's link."""
+    if group <= 1:
+        return 0.0
+    return gpu.allreduce_latency_s + 2.0 * (group - 1) / group * nbytes / gpu.nvlink_bandwidth_bytes_per_s
+
+
+def gpu_step_seconds(
+    server: GpuServer, config: ModelConfig, n_tokens: int, n_ctx: int, n_seqs: int = 1
+) -> float:
+    """One step of a tensor-parallel GPU server over all its GPUs (Megatron-style: two all-reduces a layer).
+
+    Per layer per GPU: kernels x kernel latency + max(bytes / (e x B_hbm), flops / peak) + 2 all-reduces, where
+    bytes are the layer's weights this step touches (all experts a MoE step routes to) and the fp16 KV cache.
+    """
+    gpu, tp, bpp = server.gpu, server.n_gpus, server.bytes_per_param
     d, kv, f = config.dim, config.kv_dim, config.ffn_dim
-    gemms = sum(
-        linear_cycles(chip, n_tokens, -(-out // width), inp)
-        for out, inp in ((d, d), (kv, d), (kv, d), (d, d), (f, d), (f, d), (d, f))
+    attn_params = 2 * d * d + 2 * d * kv
+    ffn_params = 3 * d * f
+    touched = ffn_experts_touched(config, n_tokens)
+    weight_bytes = (attn_params + touched * ffn_params) * bpp / tp
+    kv_bytes = n_seqs * n_ctx * 2 * kv * FP16_BYTES / tp
+    flops = (
+        2.0 * n_tokens * (attn_params + config.n_experts_per_token * ffn_params) + 4.0 * n_tokens * n_ctx * d
+    ) / tp
+    bandwidth = gpu.hbm_bandwidth_bytes_per_s * gpu.hbm_efficiency
+    layer = (
+        GPU_KERNELS_PER_LAYER * gpu.kernel_latency_s
+        + max((weight_bytes + kv_bytes) / bandwidth, flops / server.peak_flops_per_s)
+        + 2 * gpu_allreduce_seconds(gpu, n_tokens * d * FP16_BYTES, tp)
     )
-    kv_local = -(-config.n_kv_heads // width)
-    heads_local = kv_local * (config.n_heads // config.n_kv_heads)
-    attn = attention_cycles(chip, n_tokens, n_ctx, heads_local, kv_local, config.head_dim)
-    gathers = 5 * allgather_cycles(chip, n_tokens * max(d, f) // width * FP32_BYTES, width)
-    return gemms + attn + layer_vector_cycles(chip, config, n_tokens, width) + gathers
+    head_bytes = config.vocab_size * d * bpp / tp
+    head = (
+        GPU_KERNELS_HEAD * gpu.kernel_latency_s
+        + max(head_bytes / bandwidth, 2.0 * n_seqs * config.vocab_size * d / tp / server.peak_flops_per_s)
+        + gpu_allreduce_seconds(gpu, n_seqs * config.vocab_size * FP32_BYTES / tp, tp)
+    )
+    return config.n_layers * layer + head

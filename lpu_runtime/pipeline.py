@@ -10,6 +10,7 @@ slowest chip, and the step as long as all stages plus the hops between them.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,21 @@ from lpu_runtime.quant import quantize_weight
 from lpu_runtime.sram import RegionKind
 
 F32 = NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class LoadStep:
+    """Progress of filling the chips, reported after each tensor."""
+
+    tensor: str
+    nbytes: int  # bytes of float32 read for this tensor
+    tensors_done: int
+    tensors_total: int
+    chips_filled: int  # chips whose every weight is in place
+    chips_total: int
+
+
+TensorLoaded = Callable[[LoadStep], None]
 
 
 @dataclass(frozen=True)
@@ -111,39 +127,61 @@ class _Stage:
 
 
 class Pipeline:
-    def __init__(self, plan: Plan, checkpoint: Checkpoint, gemm: Int8Gemm | None = None) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        checkpoint: Checkpoint,
+        gemm: Int8Gemm | None = None,
+        on_tensor: TensorLoaded | None = None,
+    ) -> None:
         if checkpoint.config != plan.model:
             raise ValueError(
                 f"checkpoint is {checkpoint.config.name!r} but the plan is for {plan.model.name!r}"
+            )
+        # The planner places these (`lpu plan`); the emulator's decoder runs dense layers on whole KV heads.
+        if plan.model.is_moe or any(s.width > plan.model.n_kv_heads for s in plan.stages if s.layers):
+            raise ValueError(
+                f"{plan.model.name}: the emulator runs dense layers split over at most n_kv_heads "
+                f"({plan.model.n_kv_heads}) chips; this plan is for `lpu plan` only"
             )
         self.plan = plan
         self.config = plan.model
         spec = plan.system.chip
         kernel = gemm or NumpyExactGemm()
         self.chips = [Chip(cp, spec, kernel) for cp in plan.chips]
-        self._load(checkpoint)
+        self._load(checkpoint, on_tensor)
         group = self.config.n_heads // self.config.n_kv_heads
         self.stages = [_Stage(s, [self.chips[c] for c in s.chips], group) for s in plan.stages]
-        self.rope = RopeTables.build(self.config.head_dim, self.config.max_context, self.config.rope_theta)
+        self.rope = RopeTables.for_model(self.config)
 
-    def _load(self, checkpoint: Checkpoint) -> None:
-        """Quantizes each tensor once and copies every chip's rows of it into that chip's SRAM."""
+    def _load(self, checkpoint: Checkpoint, on_tensor: TensorLoaded | None) -> None:
+        """Quantizes each tensor once and copies every chip's rows of it into that chip's SRAM.
+
+        Tensors are fetched one at a time, in chip order, so at most one float32 tensor is in host memory
+        beyond the chips' SRAM, and the chips fill one after another.
+        """
         by_tensor: dict[str, list[Chip]] = defaultdict(list)
         for chip in self.chips:
             for shard in chip.plan.shards:
                 if shard.kind is RegionKind.WEIGHT and not shard.tensor.endswith(".scale"):
                     by_tensor[shard.tensor].append(chip)
-        for name, holders in by_tensor.items():
-            full = _checkpoint_tensor(checkpoint, name)
-            if full.ndim == 1:
+        last_tensor = {chip.chip_id: name for name, holders in by_tensor.items() for chip in holders}
+        filled = 0
+        for done, (name, holders) in enumerate(by_tensor.items(), start=1):
+            full = checkpoint.tensor(name)
+            if full.ndim == 1:  # norms whole on every holder; biases by their matrix's rows
                 for chip in holders:
-                    chip.write(name, full)
-                continue
-            qt = quantize_weight(full)
-            for chip in holders:
-                a, b = chip.shards[name].rows
-                chip.write(name, qt.q[a:b])
-                chip.write(f"{name}.scale", qt.scale[a:b])
+                    a, b = chip.shards[name].rows
+                    chip.write(name, full[a:b])
+            else:
+                qt = quantize_weight(full)
+                for chip in holders:
+                    a, b = chip.shards[name].rows
+                    chip.write(name, qt.q[a:b])
+                    chip.write(f"{name}.scale", qt.scale[a:b])
+            filled += sum(1 for chip in holders if last_tensor[chip.chip_id] == name)
+            if on_tensor is not None:
+                on_tensor(LoadStep(name, full.nbytes, done, len(by_tensor), filled, len(self.chips)))
 
     def forward(self, batch: TokenBatch) -> tuple[F32, StepCost]:
         """Runs one step; returns logits (n_seqs, vocab) float32 at each sequence's last token, and its cost."""
@@ -190,16 +228,3 @@ class Pipeline:
                 )
             )
         return x
-
-
-def _checkpoint_tensor(checkpoint: Checkpoint, name: str) -> F32:
-    """The float32 tensor behind a plan's tensor name: "tok_embeddings", "norm", "output", "layers.3.wq"."""
-    if name.startswith("layers."):
-        _, index, field = name.split(".")
-        value: F32 = getattr(checkpoint.layers[int(index)], field)
-        return value
-    return {
-        "tok_embeddings": checkpoint.tok_embeddings,
-        "norm": checkpoint.norm,
-        "output": checkpoint.output,
-    }[name]

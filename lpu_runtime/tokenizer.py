@@ -37,6 +37,11 @@ class Tokenizer(Protocol):
     @property
     def eos_token(self) -> str: ...
 
+    @property
+    def adds_bos(self) -> bool:
+        """Whether the model's prompts start with BOS (HF add_bos_token, GGUF tokenizer.ggml.add_bos_token)."""
+        ...
+
     def encode(self, text: str, *, add_bos: bool) -> list[int]:
         """Special-token strings inside `text` become their ids, as HF added tokens do."""
         ...
@@ -66,6 +71,7 @@ class ByteTokenizer:
     eos_ids = frozenset({EOS_ID})
     bos_token = "<s>"
     eos_token = "</s>"
+    adds_bos = True
 
     def encode(self, text: str, *, add_bos: bool) -> list[int]:
         ids = [self.BOS_ID] if add_bos else []
@@ -86,11 +92,25 @@ class ByteTokenizer:
         return bytes((token_id,)) if token_id < 256 else b""
 
 
+def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
+    """`text` as a prompt: with the BOS the model expects, exactly once, whether or not the text (a rendered
+    chat template, say) already spells it."""
+    ids = tokenizer.encode(text, add_bos=False)
+    bos = tokenizer.bos_id
+    if tokenizer.adds_bos and bos is not None and ids[:1] != [bos]:
+        ids.insert(0, bos)
+    return ids
+
+
 class IncrementalDetokenizer:
     """Turns a stream of token ids into text pieces that are never a broken UTF-8 sequence.
 
     The incremental UTF-8 codec holds back a valid but incomplete multi-byte prefix and replaces bytes as
-    soon as they cannot start or continue a character, so the pieces always join to the one-shot decode.
+    soon as they cannot start or continue a character, so the pieces always join to the bytes of the
+    tokens. That is the text the tokens add after whatever preceded them: a SentencePiece token that
+    starts with "▁" streams its leading space even as the first token of a completion, where a one-shot
+    `decode` of the completion alone would strip it (SentencePiece removes its dummy prefix at the start
+    of a text). So the stream of a completion equals decode(prompt + completion)[len(decode(prompt)):].
     """
 
     def __init__(self, tokenizer: Tokenizer) -> None:

@@ -127,6 +127,7 @@ class ChipStats:
     buffer_bytes: int  # activation buffers
     kv_used_bytes: int  # part of the KV reservation held by running requests
     busy_cycles: int  # cycles this chip spent computing since start
+    stage: int = 0  # the pipeline stage the chip belongs to
 
     @property
     def used_bytes(self) -> int:
@@ -142,6 +143,11 @@ class EngineStats:
     emulated_cycles: int  # the simulated clock's current value
     steps: int
     chips: tuple[ChipStats, ...] = ()
+    clock_hz: int = 1  # the emulated chips' clock
+    # cycles each pipeline stage computed, summed over steps; the steps' total is emulated_cycles, so
+    # stage_busy_cycles[i] / emulated_cycles is stage i's occupancy (1 - it: the bubble fraction)
+    stage_busy_cycles: tuple[int, ...] = ()
+    link_cycles: int = 0  # cycles spent on hops between stages, summed over steps
 
 
 @dataclass(frozen=True)

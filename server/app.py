@@ -34,7 +34,7 @@ def _version() -> str:
 def create_app(settings: Settings, engine: EngineClient | None = None) -> FastAPI:
     """Build the app. Without `engine`, the lifespan builds, starts and finally shuts down the real one;
     a given engine belongs to the caller, who starts it before serving and shuts it down after."""
-    state = AppState(settings)
+    state = AppState(settings, version=_version())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,8 +68,8 @@ def create_app(settings: Settings, engine: EngineClient | None = None) -> FastAP
     )
     app.state.lpu = state
     install_error_handlers(app)
-    if settings.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    if settings.api_keys:
+        app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
     for router in ROUTERS:
         app.include_router(router)
     return app

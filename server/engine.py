@@ -41,6 +41,11 @@ class EngineClient(Protocol):
 def build_engine(settings: Settings) -> EngineClient:
     """Slow (weights, compilation, SRAM placement) and synchronous: call it from a worker thread."""
     engine: EngineClient = AsyncEngine.create(
-        model=settings.model, system=settings.system_spec(), engine_config=settings.engine_config()
+        model=settings.model,
+        system=settings.system_spec(),
+        engine_config=settings.engine_config(),
+        tokenizer=settings.tokenizer,
+        chat_template=settings.chat_template,
+        max_context=settings.max_model_len,
     )
     return engine

@@ -2,28 +2,42 @@
 
 Request metrics are updated as outputs stream through the server; engine gauges are read from
 `engine.stats()` when Prometheus scrapes, so they are never stale and cost nothing between scrapes.
+Every name is documented in docs/metrics.md; a rename breaks dashboards, so names change only there first.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from lpu_runtime import EngineStats, FinishReason, RequestOutput
+from lpu_runtime import EngineStats, FinishReason, ModelInfo, RequestOutput
 
 ANONYMOUS = "anonymous"
 OTHER = "other"
 MAX_USER_CHARS = 64
 
-# From 1 ms (an emulated LPU answers in microseconds, the host in milliseconds) to 60 s (a long prompt on a
-# busy 2-core CPU), so both ends land in a resolved bucket rather than +Inf.
+# From 100 µs (a real LPU streams a token every millisecond or so) to 2 min (a long prompt queued on a busy
+# 2-core CPU), so both ends land in a resolved bucket rather than +Inf.
 LATENCY_BUCKETS_SECONDS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
 )  # fmt: skip
+# A CPU decodes a few to a few hundred tokens/s; the emulated LPU hundreds of thousands for a small model.
+SPEED_BUCKETS_TOKENS_PER_SECOND = tuple(m * 10.0**e for e in range(8) for m in (1.0, 2.5, 5.0))[
+    :-2
+]  # 1 .. 1e7
+TOKEN_COUNT_BUCKETS = tuple(float(m * 10**e) for e in range(6) for m in (1, 2, 5))  # 1 .. 500,000 tokens
+
+# Memory kinds a chip's SRAM is planned into; the label values of lpu_chip_sram_used_bytes.
+SRAM_REGIONS = ("weights", "kv_cache", "buffers")
 
 
 def sanitize_user(user: str | None) -> str:
@@ -56,53 +70,141 @@ class UserLabels:
         return OTHER
 
 
-class EngineCollector(Collector):
-    """Engine gauges read at scrape time; nothing is exported until the engine exists."""
+@dataclass(frozen=True)
+class EngineSnapshot:
+    """What a scrape reads from the running engine."""
 
-    def __init__(self, stats: Callable[[], EngineStats | None]) -> None:
-        self._stats = stats
+    stats: EngineStats
+    model: ModelInfo
+    served_model: str
+
+
+class EngineCollector(Collector):
+    """Engine gauges and counters read at scrape time; nothing is exported until the engine exists."""
+
+    def __init__(self, snapshot: Callable[[], EngineSnapshot | None], version: str) -> None:
+        self._snapshot = snapshot
+        self._version = version
 
     def describe(self) -> Iterator[Metric]:
         yield from self._families(None)
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._families(self._stats())
+        yield from self._families(self._snapshot())
 
-    @staticmethod
-    def _families(stats: EngineStats | None) -> Iterator[Metric]:
+    def _families(self, snap: EngineSnapshot | None) -> Iterator[Metric]:
+        chip_labels = ["chip", "stage"]
+        info = GaugeMetricFamily(
+            "lpu_build_info",
+            "Always 1; the labels say what is served: version, model, chips, pipeline stages, chip kind",
+            labels=["version", "model", "served_model_name", "chips", "stages", "chip_name"],
+        )
         running = GaugeMetricFamily("lpu_requests_running", "Requests in the engine's running batch")
-        waiting = GaugeMetricFamily("lpu_requests_waiting", "Requests queued for admission")
-        kv_used = GaugeMetricFamily("lpu_kv_cache_blocks_used", "KV-cache blocks held by running requests")
-        kv_total = GaugeMetricFamily("lpu_kv_cache_blocks_total", "KV-cache blocks the system can hold")
-        cycles = CounterMetricFamily("lpu_emulated_cycles", "Cycles of the emulated LPU clock since start")
-        steps = CounterMetricFamily("lpu_engine_steps", "Engine steps executed since start")
+        waiting = GaugeMetricFamily("lpu_requests_waiting", "Requests queued for admission (queue depth)")
+        kv_used = GaugeMetricFamily("lpu_kv_cache_used_blocks", "KV-cache blocks held by running requests")
+        kv_capacity = GaugeMetricFamily("lpu_kv_cache_capacity_blocks", "KV-cache blocks the system can hold")
+        kv_usage = GaugeMetricFamily(
+            "lpu_kv_cache_usage_ratio", "Fraction of the KV-cache blocks held by running requests (0..1)"
+        )
+        clock = GaugeMetricFamily("lpu_emulated_clock_hertz", "Clock frequency of the emulated chips")
+        cycles = CounterMetricFamily(
+            "lpu_emulated_cycles", "Cycles of the emulated LPU clock since start (every engine step's cost)"
+        )
+        steps = CounterMetricFamily(
+            "lpu_engine_steps", "Engine steps (batches through the pipeline) since start"
+        )
+        stage_busy = CounterMetricFamily(
+            "lpu_pipeline_stage_busy_cycles",
+            "Cycles a pipeline stage spent computing (its slowest chip); divide by lpu_emulated_cycles_total "
+            "for the stage's occupancy, 1 - occupancy is its bubble fraction",
+            labels=["stage"],
+        )
+        link = CounterMetricFamily(
+            "lpu_pipeline_link_cycles", "Cycles spent moving activations between pipeline stages"
+        )
         sram_used = GaugeMetricFamily(
             "lpu_chip_sram_used_bytes",
-            "SRAM allocated on a chip (weights, KV reservation, buffers)",
-            labels=["chip"],
+            "SRAM the compiler allocated on a chip, by region (weights, kv_cache reservation, buffers)",
+            labels=[*chip_labels, "region"],
         )
-        sram_capacity = GaugeMetricFamily("lpu_chip_sram_capacity_bytes", "SRAM on a chip", labels=["chip"])
-        busy = CounterMetricFamily("lpu_chip_busy_cycles", "Cycles a chip spent computing", labels=["chip"])
-        if stats is not None:
+        sram_capacity = GaugeMetricFamily(
+            "lpu_chip_sram_capacity_bytes", "SRAM on a chip", labels=chip_labels
+        )
+        kv_chip = GaugeMetricFamily(
+            "lpu_chip_kv_cache_used_bytes",
+            "Part of a chip's KV-cache reservation held by running requests",
+            labels=chip_labels,
+        )
+        busy = CounterMetricFamily(
+            "lpu_chip_busy_cycles", "Cycles a chip spent computing", labels=chip_labels
+        )
+        if snap is not None:
+            stats, model = snap.stats, snap.model
+            info.add_metric(
+                [
+                    self._version, model.id, snap.served_model, str(model.n_chips), str(model.n_stages),
+                    model.chip_name,
+                ],
+                1,
+            )  # fmt: skip
             running.add_metric([], stats.running)
             waiting.add_metric([], stats.waiting)
             kv_used.add_metric([], stats.kv_blocks_used)
-            kv_total.add_metric([], stats.kv_blocks_total)
+            kv_capacity.add_metric([], stats.kv_blocks_total)
+            kv_usage.add_metric(
+                [], stats.kv_blocks_used / stats.kv_blocks_total if stats.kv_blocks_total else 0.0
+            )
+            clock.add_metric([], stats.clock_hz)
             cycles.add_metric([], stats.emulated_cycles)
             steps.add_metric([], stats.steps)
+            for stage, stage_cycles in enumerate(stats.stage_busy_cycles):
+                stage_busy.add_metric([str(stage)], stage_cycles)
+            link.add_metric([], stats.link_cycles)
             for chip in stats.chips:
-                label = [str(chip.chip_id)]
-                sram_used.add_metric(label, chip.used_bytes)
-                sram_capacity.add_metric(label, chip.capacity_bytes)
-                busy.add_metric(label, chip.busy_cycles)
-        yield from (running, waiting, kv_used, kv_total, cycles, steps, sram_used, sram_capacity, busy)
+                labels = [str(chip.chip_id), str(chip.stage)]
+                for region, nbytes in zip(
+                    SRAM_REGIONS, (chip.weight_bytes, chip.kv_bytes, chip.buffer_bytes), strict=True
+                ):
+                    sram_used.add_metric([*labels, region], nbytes)
+                sram_capacity.add_metric(labels, chip.capacity_bytes)
+                kv_chip.add_metric(labels, chip.kv_used_bytes)
+                busy.add_metric(labels, chip.busy_cycles)
+        yield from (info, running, waiting, kv_used, kv_capacity, kv_usage, clock, cycles, steps)
+        yield from (stage_busy, link, sram_used, sram_capacity, kv_chip, busy)
+
+
+def _histogram(
+    registry: CollectorRegistry, name: str, doc: str, buckets: tuple[float, ...] = LATENCY_BUCKETS_SECONDS
+) -> Histogram:
+    return Histogram(name, doc, buckets=buckets, registry=registry)
 
 
 class ServerMetrics:
-    def __init__(self, max_users: int, engine_stats: Callable[[], EngineStats | None]) -> None:
-        self.registry = CollectorRegistry()
+    def __init__(
+        self, max_users: int, snapshot: Callable[[], EngineSnapshot | None], version: str = "0.0.0"
+    ) -> None:
+        self.registry = r = CollectorRegistry()
         self.users = UserLabels(max_users)
-        r = self.registry
+        # The process, Python and GC collectors the default registry has, registered in ours instead.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.requests_received = Counter(
+            "lpu_requests_received", "Requests submitted to the engine (after the server validated them)",
+            registry=r,
+        )  # fmt: skip
+        self.requests_finished = Counter(
+            "lpu_requests_finished",
+            "Requests that ended, by finish reason: stop, length, abort (client gone or cancelled), error",
+            ["finish_reason"], registry=r,
+        )  # fmt: skip
+        for reason in FinishReason:
+            self.requests_finished.labels(reason.value)  # export zeros so rate() works from the first request
+        self.prompt_tokens = Counter("lpu_prompt_tokens", "Prompt tokens processed", registry=r)
+        self.generation_tokens = Counter("lpu_generation_tokens", "Tokens generated", registry=r)
+        self.user_tokens = Counter(
+            "lpu_user_generation_tokens", "Tokens generated for a user", ["user"], registry=r
+        )
         self.user_tokens_per_second = Gauge(
             "lpu_user_generation_tokens_per_second",
             "Host wall-clock decode speed of the user's latest finished request: (tokens-1)/completion time",
@@ -113,29 +215,49 @@ class ServerMetrics:
             "Decode speed the emulated LPU would give the user's latest finished request",
             ["user"], registry=r,
         )  # fmt: skip
-        self.user_tokens = Counter(
-            "lpu_user_generation_tokens", "Tokens generated for a user", ["user"], registry=r
+        self.time_to_first_token = _histogram(
+            r, "lpu_time_to_first_token_seconds", "Host seconds from arrival at the engine to the first token"
         )
-        self.generation_tokens = Counter("lpu_generation_tokens", "Tokens generated", registry=r)
-        self.prompt_tokens = Counter("lpu_prompt_tokens", "Prompt tokens processed", registry=r)
-        self.requests = Counter(
-            "lpu_requests", "Finished requests by finish reason", ["finish_reason"], registry=r
-        )
-        for reason in FinishReason:
-            self.requests.labels(reason.value)  # export zeros so rate() works from the first request
-        self.time_to_first_token = Histogram(
-            "lpu_time_to_first_token_seconds",
-            "Host seconds from arrival at the engine to the first token",
-            buckets=LATENCY_BUCKETS_SECONDS, registry=r,
-        )  # fmt: skip
-        self.inter_token_latency = Histogram(
-            "lpu_inter_token_latency_seconds",
+        self.inter_token_latency = _histogram(
+            r, "lpu_inter_token_latency_seconds",
             "Host seconds between consecutive tokens of a request, as the server streams them",
-            buckets=LATENCY_BUCKETS_SECONDS, registry=r,
         )  # fmt: skip
-        r.register(EngineCollector(engine_stats))
+        self.e2e_latency = _histogram(
+            r, "lpu_e2e_request_latency_seconds", "Host seconds from arrival at the engine to the last token"
+        )
+        self.queue_time = _histogram(
+            r, "lpu_request_queue_time_seconds", "Host seconds a request waited before its first step"
+        )
+        self.prefill_time = _histogram(
+            r, "lpu_request_prefill_time_seconds", "Host seconds from the first step to the first token"
+        )
+        self.decode_time = _histogram(
+            r, "lpu_request_decode_time_seconds", "Host seconds from the first token to the last"
+        )
+        self.decode_speed = _histogram(
+            r, "lpu_request_decode_tokens_per_second",
+            "Host wall-clock decode speed of each finished request: (tokens-1)/decode time",
+            SPEED_BUCKETS_TOKENS_PER_SECOND,
+        )  # fmt: skip
+        self.emulated_decode_speed = _histogram(
+            r, "lpu_request_emulated_decode_tokens_per_second",
+            "Decode speed the emulated LPU gives each finished request, from the simulated clock",
+            SPEED_BUCKETS_TOKENS_PER_SECOND,
+        )  # fmt: skip
+        self.request_prompt_tokens = _histogram(
+            r, "lpu_request_prompt_tokens", "Prompt tokens of each finished request", TOKEN_COUNT_BUCKETS
+        )
+        self.request_generation_tokens = _histogram(
+            r,
+            "lpu_request_generation_tokens",
+            "Tokens generated for each finished request",
+            TOKEN_COUNT_BUCKETS,
+        )
+        r.register(EngineCollector(snapshot, version))
 
     def track(self, user: str | None) -> RequestTracker:
+        """Start following a request just submitted to the engine."""
+        self.requests_received.inc()
         return RequestTracker(self, self.users.label(user))
 
 
@@ -168,23 +290,33 @@ class RequestTracker:
             self._finish(output)
 
     def on_abandoned(self, reason: FinishReason = FinishReason.ABORT) -> None:
-        """The server stopped following the request before its final output (client gone, or a failure)."""
+        """The server stopped following the request before its final output (client gone, a failure, or
+        the engine refusing it after submission, which counts as an error)."""
         if not self._done:
             self._done = True
-            self._m.requests.labels(reason.value).inc()
+            self._m.requests_finished.labels(reason.value).inc()
 
     def _finish(self, output: RequestOutput) -> None:
+        if self._done:
+            return
         self._done = True
+        m = self._m
         reason = output.finish_reason or FinishReason.ERROR
-        self._m.requests.labels(reason.value).inc()
+        m.requests_finished.labels(reason.value).inc()
+        host = output.host
+        m.queue_time.observe(host.queue_time)
+        m.e2e_latency.observe(host.total_time)
+        m.request_prompt_tokens.observe(output.prompt_tokens)
+        m.request_generation_tokens.observe(output.completion_tokens)
         if output.completion_tokens == 0:
             return
-        host = output.host
-        self._m.time_to_first_token.observe(host.queue_time + host.prompt_time)
+        m.time_to_first_token.observe(host.queue_time + host.prompt_time)
+        m.prefill_time.observe(host.prompt_time)
+        m.decode_time.observe(host.completion_time)
         if output.completion_tokens > 1 and host.completion_time > 0:
             tps = (output.completion_tokens - 1) / host.completion_time
-            self._m.user_tokens_per_second.labels(self.user_label).set(tps)
+            m.decode_speed.observe(tps)
+            m.user_tokens_per_second.labels(self.user_label).set(tps)
         if output.emulated_tokens_per_second > 0:
-            self._m.user_emulated_tokens_per_second.labels(self.user_label).set(
-                output.emulated_tokens_per_second
-            )
+            m.emulated_decode_speed.observe(output.emulated_tokens_per_second)
+            m.user_emulated_tokens_per_second.labels(self.user_label).set(output.emulated_tokens_per_second)

@@ -31,6 +31,7 @@ from lpu_runtime import (
     RequestOutput,
     SamplingParams,
 )
+from server.auth import api_key_name
 from server.chunks import DONE, ChatChunks, ChunkFormat, CompletionChunks, ResponseMeta
 from server.engine import EngineClient
 from server.errors import SERVER_ERROR, ApiError, context_length_exceeded, model_not_found
@@ -257,6 +258,7 @@ class OpenAIServing:
             model=self.served_model,
             system_fingerprint=self.fingerprint,
         )
+        user = user or api_key_name(raw)  # the request's own `user` first, else the key's name
         request = GenerationRequest(meta.id, tuple(prompt_ids), params, user=sanitize_user(user))
         tracker = self.metrics.track(user)
         outputs = await self._start(request, endpoint.prompt_param, tracker, raw)
@@ -306,9 +308,11 @@ class OpenAIServing:
         try:
             first = await _unless_disconnected(raw, anext(outputs))
         except ContextLengthExceededError as exc:
+            tracker.on_abandoned(FinishReason.ERROR)  # refused after submission: it was counted received
             await _aclose(outputs)
             raise context_length_exceeded(exc, prompt_param) from None
         except InvalidRequestError:
+            tracker.on_abandoned(FinishReason.ERROR)
             await _aclose(outputs)
             raise
         except BaseException:

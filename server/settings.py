@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lpu_runtime import DEMO_MODEL, ChipSpec, EngineConfig, SystemSpec, model_config
+from lpu_runtime import DEMO_MODEL, ChipSpec, EngineConfig, SystemSpec, can_serve, model_config
 
 MIB = 1024 * 1024
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -34,10 +34,34 @@ class Settings:
     max_num_seqs: int = _ENGINE_DEFAULTS.max_num_seqs
     max_num_batched_tokens: int = _ENGINE_DEFAULTS.max_num_batched_tokens
     served_model_name: str | None = None  # None: the id the engine reports for the model
+    tokenizer: str | None = None  # a tokenizer file replacing the model's own (llama2.c models need one)
+    max_model_len: int | None = None  # tokens; None: the model's own context
+    chat_template: str | None = None  # a Jinja chat template file replacing the model's own
     log_level: str = "info"
     metrics_max_users: int = 50
     chip_sram_mib: float | None = None  # None: the chip's own SRAM size
     api_key: str | None = field(default=None, repr=False)  # repr=False keeps it out of logs
+    # (name, key) pairs; a request made with a named key is labelled with its name in /metrics
+    named_api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    api_keys_file: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # the file's pairs
+
+    def __post_init__(self) -> None:
+        names: set[str] = set()
+        keys = {self.api_key} if self.api_key else set()
+        for name, key in self.named_api_keys + self.api_keys_file:
+            if name in names:
+                raise SettingsError(f"API key name {name!r} is given twice (--api-keys / --api-keys-file)")
+            if key in keys:
+                raise SettingsError(f"the key of API key name {name!r} is given twice")
+            names.add(name)
+            keys.add(key)
+
+    @property
+    def api_keys(self) -> dict[str, str | None]:
+        """Every accepted bearer key and its name (None for the unnamed --api-key); empty: no auth."""
+        keys: dict[str, str | None] = {self.api_key: None} if self.api_key else {}
+        keys.update((key, name) for name, key in self.named_api_keys + self.api_keys_file)
+        return keys
 
     def system_spec(self) -> SystemSpec:
         chip = (
@@ -60,6 +84,7 @@ class _Option:
     parse: Callable[[str], Any]
     help: str
     metavar: str | None = None
+    secret: bool = False  # an invalid value is not echoed in the error
 
     @property
     def env(self) -> str:
@@ -104,12 +129,47 @@ def _nonempty(text: str) -> str:
 
 
 def _model(text: str) -> str:
+    if can_serve(text):  # the demo model, synthetic:<preset>, an existing path or a hub id
+        return text
     try:
-        model_config(text)  # presets and the demo model's aliases, without loading weights
+        model_config(text)  # presets, which `lpu compile` places without weights
     except KeyError as exc:
-        if not Path(text).exists():
-            raise ValueError(str(exc.args[0]) if exc.args else "unknown model") from None
+        raise ValueError(str(exc.args[0]) if exc.args else "unknown model") from None
     return text
+
+
+def _existing_file(text: str) -> str:
+    if not Path(text).expanduser().exists():
+        raise ValueError("no such file")
+    return text
+
+
+def _named_keys(text: str, where: str = "") -> tuple[tuple[str, str], ...]:
+    """`name=key` pairs, comma- or newline-separated; `#` starts a comment line (in a keys file)."""
+    pairs = []
+    for item in text.replace(",", "\n").splitlines():
+        item = item.strip()
+        if not item or item.startswith("#"):
+            continue
+        name, sep, key = (part.strip() for part in item.partition("="))
+        if not sep or not name or not key:
+            # never echo the item: it may be a key
+            raise ValueError(f"{where}each entry must be NAME=KEY with both parts non-empty")
+        if not name.isprintable() or len(name) > 64:
+            raise ValueError(f"{where}key name {name[:64]!r} must be printable and at most 64 characters")
+        pairs.append((name, key))
+    if not pairs:
+        raise ValueError(f"{where}no NAME=KEY entry")
+    return tuple(pairs)
+
+
+def _named_keys_file(text: str) -> tuple[tuple[str, str], ...]:
+    path = Path(text)
+    try:
+        content = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    return _named_keys(content, f"{path}: ")
 
 
 def _log_level(text: str) -> str:
@@ -120,7 +180,7 @@ def _log_level(text: str) -> str:
 
 # Options every subcommand that builds a system shares (`serve`, `compile`, and later `plan`, `bench`).
 SYSTEM_OPTIONS = (
-    _Option("model", "--model", _model, f"model preset or path (default {DEMO_MODEL.name})", "MODEL"),
+    _Option("model", "--model", _model, f"model: path, hub id, synthetic:<preset> or preset (default {DEMO_MODEL.name})", "MODEL"),
     _Option("chips", "--chips", _positive_int, "number of emulated LPU chips (default 4)", "N"),
     _Option("chip_sram_mib", "--chip-sram-mb", _positive_float, "override each chip's SRAM, in MiB", "MIB"),
     _Option(
@@ -130,6 +190,11 @@ SYSTEM_OPTIONS = (
     _Option(
         "max_num_batched_tokens", "--max-num-batched-tokens", _positive_int,
         f"tokens per engine step (default {_ENGINE_DEFAULTS.max_num_batched_tokens})", "N",
+    ),
+    _Option(
+        "max_model_len", "--max-model-len", _positive_int,
+        "context length to serve, at most the model's own (default: the model's); shorter needs less KV SRAM",
+        "TOKENS",
     ),
 )  # fmt: skip
 
@@ -143,9 +208,24 @@ SERVE_OPTIONS = (
         "distinct user label values in /metrics before the rest count as 'other' (default 50)", "N",
     ),
     _Option("api_key", "--api-key", _nonempty, "require 'Authorization: Bearer KEY' on /v1 (prefer the env)", "KEY"),
+    _Option(
+        "named_api_keys", "--api-keys", _named_keys,
+        "accept these named keys on /v1; a request without a 'user' field is labelled with the key's name "
+        "in /metrics (prefer the env or --api-keys-file)", "NAME=KEY,...", secret=True,
+    ),
+    _Option("api_keys_file", "--api-keys-file", _named_keys_file, "file of NAME=KEY lines, like --api-keys", "PATH"),
 )  # fmt: skip
 
-ALL_OPTIONS = SYSTEM_OPTIONS + SERVE_OPTIONS
+# Files that replace the model's own (`serve`, `export`).
+MODEL_FILE_OPTIONS = (
+    _Option(
+        "tokenizer", "--tokenizer", _existing_file,
+        "tokenizer file replacing the model's own: tokenizer.json, llama2.c tokenizer.bin or .gguf", "PATH",
+    ),
+    _Option("chat_template", "--chat-template", _existing_file, "Jinja chat template file replacing the model's own", "FILE"),
+)  # fmt: skip
+
+ALL_OPTIONS = SYSTEM_OPTIONS + SERVE_OPTIONS + MODEL_FILE_OPTIONS
 
 
 def add_options(parser: argparse.ArgumentParser, options: tuple[_Option, ...]) -> None:
@@ -170,5 +250,6 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         try:
             values[opt.name] = opt.parse(raw)
         except ValueError as exc:
-            raise SettingsError(f"{source}: invalid value {raw!r}: {exc}") from None
+            shown = "(not shown: it holds keys)" if opt.secret else repr(raw)
+            raise SettingsError(f"{source}: invalid value {shown}: {exc}") from None
     return Settings(**values)

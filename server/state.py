@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lpu_runtime import EngineStats
 from server.engine import EngineClient
-from server.metrics import ServerMetrics
+from server.metrics import EngineSnapshot, ServerMetrics
 from server.serving import OpenAIServing
 from server.settings import Settings
 
@@ -14,15 +13,19 @@ from server.settings import Settings
 @dataclass
 class AppState:
     settings: Settings
+    version: str = "0.0.0"
     metrics: ServerMetrics = field(init=False)
     engine: EngineClient | None = None
     serving: OpenAIServing | None = None
 
     def __post_init__(self) -> None:
-        self.metrics = ServerMetrics(self.settings.metrics_max_users, self.engine_stats)
+        self.metrics = ServerMetrics(self.settings.metrics_max_users, self.engine_snapshot, self.version)
 
-    def engine_stats(self) -> EngineStats | None:
-        return None if self.engine is None else self.engine.stats()
+    def engine_snapshot(self) -> EngineSnapshot | None:
+        engine = self.engine
+        if engine is None:
+            return None
+        return EngineSnapshot(engine.stats(), engine.model_info, self.served_model)
 
     @property
     def served_model(self) -> str:

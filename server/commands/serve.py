@@ -8,7 +8,7 @@ import sys
 
 import uvicorn
 
-from lpu_runtime import DEMO_MODEL, can_serve
+from lpu_runtime import MODEL_PRESETS, LpuError, can_serve, check_model
 from server.app import create_app
 from server.commands.base import Command
 from server.settings import ALL_OPTIONS, Settings, add_options
@@ -21,12 +21,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if not can_serve(settings.model):
         # Presets describe architectures for `lpu compile`; only models with weights can be served.
+        hint = (
+            f" or `lpu serve --model synthetic:{settings.model}`" if settings.model in MODEL_PRESETS else ""
+        )
         print(
-            f"lpu serve: no weights for model {settings.model!r}: this build serves {DEMO_MODEL.name} "
-            f"(use `lpu compile --model {settings.model}` to see how it would be placed)",
+            f"lpu serve: no weights for model {settings.model!r}: pass a checkpoint path, a hub id or "
+            f"synthetic:<preset> (use `lpu compile --model {settings.model}` to see how it would be placed{hint})",
             file=sys.stderr,
         )
         return 2
+    try:
+        # Headers, configs, tokenizer, template and placement, no weights: a bad file or a model that does
+        # not fit fails here in one sentence, before the server starts.
+        check_model(
+            settings.model,
+            settings.system_spec(),
+            settings.engine_config(),
+            tokenizer=settings.tokenizer,
+            chat_template=settings.chat_template,
+            max_context=settings.max_model_len,
+        )
+    except (KeyError, LpuError) as exc:
+        print(f"lpu serve: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 1
     # uvicorn configures only its own loggers; ours ("server") need a handler too.
     level = "DEBUG" if settings.log_level == "trace" else settings.log_level.upper()
     logging.basicConfig(level=level, format="%(levelname)s:     %(name)s: %(message)s")

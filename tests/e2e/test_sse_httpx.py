@@ -97,7 +97,7 @@ def test_eight_concurrent_streams_all_finish(server: Server) -> None:
 
 
 def _aborted(server: Server) -> float:
-    return sample(server.scrape(), "lpu_requests_total", finish_reason="abort") or 0.0
+    return sample(server.scrape(), "lpu_requests_finished_total", finish_reason="abort") or 0.0
 
 
 def _assert_running(server: Server) -> None:

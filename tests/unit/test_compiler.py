@@ -4,9 +4,10 @@ import itertools
 
 import pytest
 
-from lpu_runtime.compiler import UnitKind, compile_model, partition
+from lpu_runtime.compiler import UnitKind, compile_model
 from lpu_runtime.config import DEMO_MODEL, MODEL_PRESETS, ChipSpec, EngineConfig, SystemSpec
 from lpu_runtime.errors import CompileError
+from lpu_runtime.sharding import partition
 from lpu_runtime.sram import RegionKind
 
 from .tiny_model import TINY, TINY_ENGINE
@@ -85,13 +86,14 @@ def test_refuses_a_model_that_cannot_fit_naming_tensor_bytes_and_chips_needed() 
     compile_model(DEMO_MODEL, SystemSpec(needed, ChipSpec(sram_bytes=8 * 2**20)), TINY_ENGINE)
 
 
-def test_refuses_a_layer_that_cannot_fit_even_split_to_one_kv_head_per_chip() -> None:
-    # 24 KiB chips hold a vocabulary shard but not half a layer with its KV cache for the full context.
+def test_refuses_a_layer_that_cannot_fit_even_split_to_one_query_head_per_chip() -> None:
+    # 16 KiB chips hold a vocabulary shard but not a quarter layer (one query head, a copy of its KV head)
+    # with its KV cache for the full context.
     engine = EngineConfig(max_num_seqs=1, max_num_batched_tokens=8)
     with pytest.raises(
-        CompileError, match=r"layers\.0 cannot fit even split over 2 chips \(one KV head per chip\)"
+        CompileError, match=r"layers\.0 cannot fit even split over 4 chips \(its narrowest heads per chip\)"
     ):
-        compile_model(TINY, SystemSpec(64, ChipSpec(sram_bytes=24 * 1024)), engine)
+        compile_model(TINY, SystemSpec(64, ChipSpec(sram_bytes=16 * 1024)), engine)
 
 
 def test_kv_cache_fills_up_to_the_request_and_never_past_capacity() -> None:

@@ -1,0 +1,139 @@
+"""`lpu export`: any model we can load, written as a HuggingFace directory other engines load as is.
+
+config.json (LlamaForCausalLM, or Qwen2ForCausalLM for q/k/v biases), generation_config.json,
+model.safetensors in float32 written tensor by tensor (a synthetic 7B never exists whole in memory), and the
+tokenizer files the model came with or `--tokenizer` named. The weights are exactly the float32 tensors
+our pipeline quantizes, so another engine and this one start from identical bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lpu_runtime.catalog import load_model
+from lpu_runtime.config import ModelConfig
+from lpu_runtime.errors import ModelFileError
+from lpu_runtime.loaders.hf import SINGLE_FILE, hf_name
+from lpu_runtime.loaders.safetensors import write_safetensors
+from lpu_runtime.model import Checkpoint, tensor_shapes
+from lpu_runtime.tokenizer import Tokenizer
+
+# Files that travel with a tokenizer.json in a HuggingFace directory.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+)
+
+
+def hf_config(config: ModelConfig, tokenizer: Tokenizer) -> dict[str, Any]:
+    biased = config.attention_bias
+    scaling: dict[str, Any] | None = None
+    if config.rope_scaling is not None:
+        rs = config.rope_scaling
+        scaling = {"rope_type": rs.kind, "factor": rs.factor}
+        if rs.kind == "llama3":
+            scaling |= {
+                "low_freq_factor": rs.low_freq_factor,
+                "high_freq_factor": rs.high_freq_factor,
+                "original_max_position_embeddings": rs.original_max_context,
+            }
+    eos = sorted(tokenizer.eos_ids)
+    return {
+        "architectures": ["Qwen2ForCausalLM" if biased else "LlamaForCausalLM"],
+        "model_type": "qwen2" if biased else "llama",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.dim,
+        "intermediate_size": config.ffn_dim,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.n_kv_heads,
+        "head_dim": config.head_dim,
+        "max_position_embeddings": config.max_context,
+        "rms_norm_eps": config.norm_eps,
+        "rope_theta": config.rope_theta,
+        "rope_scaling": scaling,
+        "hidden_act": "silu",
+        "tie_word_embeddings": config.tied_embeddings,
+        "attention_bias": biased,
+        "mlp_bias": False,
+        "bos_token_id": tokenizer.bos_id,
+        "eos_token_id": eos[0] if len(eos) == 1 else eos,
+        "torch_dtype": "float32",
+    }
+
+
+def export_model(
+    model: str,
+    out: Path,
+    *,
+    tokenizer: str | None = None,
+    chat_template: str | None = None,
+    seed: int = 0,
+    on_tensor: Callable[[str, int], None] | None = None,
+) -> list[Path]:
+    """Writes `model` to the directory `out` (created; must be empty) and returns the files written."""
+    loaded = load_model(model, seed=seed, tokenizer=tokenizer, chat_template=chat_template)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ModelFileError(out, "exists and is not an empty directory: choose a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    written = write_hf_directory(loaded.checkpoint, loaded.tokenizer, out, on_tensor)
+    written += _copy_tokenizer_files(model, tokenizer, out)
+    if chat_template is not None:
+        shutil.copyfile(chat_template, out / "chat_template.jinja")
+        written.append(out / "chat_template.jinja")
+    return written
+
+
+def write_hf_directory(
+    checkpoint: Checkpoint,
+    tokenizer: Tokenizer,
+    out: Path,
+    on_tensor: Callable[[str, int], None] | None = None,
+) -> list[Path]:
+    """config.json, generation_config.json and model.safetensors (float32, one tensor in memory at a time)."""
+    cfg = checkpoint.config
+    config = hf_config(cfg, tokenizer)
+    generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
+    written = []
+    for name, content in (("config.json", config), ("generation_config.json", generation)):
+        (out / name).write_text(json.dumps(content, indent=2) + "\n")
+        written.append(out / name)
+    # Tied models store the embedding once, under embed_tokens, as transformers does.
+    canonical = {hf_name(n): n for n in tensor_shapes(cfg) if not (cfg.tied_embeddings and n == "output")}
+    shapes = {key: tensor_shapes(cfg)[name] for key, name in canonical.items()}
+    write_safetensors(
+        out / SINGLE_FILE,
+        shapes,
+        lambda key: checkpoint.tensor(canonical[key]),
+        {"format": "pt", "exported_by": "lpu-serve", "source": checkpoint.source},
+        on_tensor,
+    )
+    written.append(out / SINGLE_FILE)
+    return written
+
+
+def _copy_tokenizer_files(model: str, tokenizer: str | None, out: Path) -> list[Path]:
+    """The tokenizer given, with its HuggingFace siblings; else those of a HuggingFace model directory."""
+    if tokenizer is not None:
+        source = Path(tokenizer).expanduser()
+        if source.name != "tokenizer.json":
+            shutil.copyfile(source, out / source.name)
+            return [out / source.name]
+        folder = source.parent
+    else:
+        folder = Path(model).expanduser()
+        if not folder.is_dir():
+            return []
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file() and not (out / name).exists():
+            shutil.copyfile(folder / name, out / name)
+            copied.append(out / name)
+    return copied

@@ -10,7 +10,6 @@ in flight) does not: the emulator's own per-user speed is `engine_per_user_token
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +27,12 @@ from lpu_runtime.compiler import (
     unit_shards,
 )
 from lpu_runtime.config import EngineConfig, ModelConfig, SystemSpec
-from lpu_runtime.errors import CompileError
+from lpu_runtime.errors import CompileError, ModelFileError
 from lpu_runtime.hardware import HardwareSpec, OwnershipCost, min_cards_for_bytes, ownership_cost
+from lpu_runtime.loaders.hf import read_hf_config_file
 from lpu_runtime.perfmodel import FP16_BYTES, FP32_BYTES
 from lpu_runtime.sram import RegionKind
 
-HF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "MixtralForCausalLM")
 # Fraction of HBM for weights and KV; the rest is activations, workspace and the CUDA context.
 GPU_MEMORY_USABLE = 0.9
 DEFAULT_CHUNK = 512  # tokens per step when none is asked for: the engine's default
@@ -128,44 +127,11 @@ def resolve_model(name: str) -> ModelConfig:
 
 def model_from_hf_config(path: Path) -> ModelConfig:
     """Llama, Mistral, Qwen2 and Mixtral config.json fields -> ModelConfig (MoE fields included)."""
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise PlanInputError(f"{path}: not a readable JSON file: {exc}") from None
-    if not isinstance(cfg, dict):
-        raise PlanInputError(f"{path}: expected a JSON object")
-    arch = (cfg.get("architectures") or ["?"])[0]
-    if arch not in HF_ARCHITECTURES:
-        raise PlanInputError(f"{path}: architecture {arch} is not supported ({', '.join(HF_ARCHITECTURES)})")
     name = path.parent.name if path.name == "config.json" else path.stem
     try:
-        dim, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
-        head_dim = int(cfg.get("head_dim") or dim // heads)
-        if head_dim * heads != dim:
-            raise PlanInputError(
-                f"{path}: head_dim {head_dim} x {heads} heads != hidden_size {dim} is not supported"
-            )
-        return ModelConfig(
-            name=name or "config.json",
-            dim=dim,
-            n_layers=int(cfg["num_hidden_layers"]),
-            n_heads=heads,
-            n_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            ffn_dim=int(cfg["intermediate_size"]),
-            vocab_size=int(cfg["vocab_size"]),
-            rope_theta=float(cfg.get("rope_theta", 10000.0)),
-            max_context=int(cfg.get("max_position_embeddings", 2048)),
-            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            attention_bias=arch == "Qwen2ForCausalLM",
-            n_experts=int(cfg.get("num_local_experts", 1)),
-            n_experts_per_token=int(cfg.get("num_experts_per_tok", 1)),
-        )
-    except KeyError as exc:
-        raise PlanInputError(f"{path}: misses the field {exc.args[0]}") from None
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, PlanInputError):
-            raise
-        raise PlanInputError(f"{path}: holds an unusable value: {exc}") from None
+        return read_hf_config_file(path, name or "config.json", planning=True)
+    except ModelFileError as exc:
+        raise PlanInputError(str(exc)) from None
 
 
 def int8_weight_bytes(model: ModelConfig) -> int:

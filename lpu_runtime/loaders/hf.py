@@ -16,6 +16,8 @@ from lpu_runtime.loaders.safetensors import SafetensorsFile, tensor_names
 from lpu_runtime.model import Checkpoint, tensor_shapes
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+# Mixture-of-experts models the planner sizes; the emulator does not run their expert layers.
+PLANNING_ARCHITECTURES = (*ARCHITECTURES, "MixtralForCausalLM")
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -83,13 +85,18 @@ def _rope_scaling(path: Path, raw: Any) -> RopeScaling | None:
 
 
 def read_hf_config(directory: Path, name: str) -> ModelConfig:
-    """The architecture in config.json, or ModelFileError naming the field it cannot serve."""
-    path = directory / "config.json"
+    """The architecture in a model directory's config.json, or ModelFileError naming what it cannot serve."""
+    return read_hf_config_file(directory / "config.json", name)
+
+
+def read_hf_config_file(path: Path, name: str, *, planning: bool = False) -> ModelConfig:
+    """A HuggingFace config.json -> ModelConfig; `planning` also accepts mixture-of-experts architectures."""
     cfg = _json(path)
     arch = (cfg.get("architectures") or ["?"])[0]
-    if arch not in ARCHITECTURES:
+    supported = PLANNING_ARCHITECTURES if planning else ARCHITECTURES
+    if arch not in supported:
         raise ModelFileError(
-            path, f"architecture {arch} is not supported (supported: {', '.join(ARCHITECTURES)})"
+            path, f"architecture {arch} is not supported (supported: {', '.join(supported)})"
         )
     if cfg.get("hidden_act", "silu") != "silu" or cfg.get("mlp_bias"):
         raise ModelFileError(path, "only SwiGLU MLPs without biases (hidden_act silu) are supported")
@@ -122,6 +129,8 @@ def read_hf_config(directory: Path, name: str) -> ModelConfig:
             tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             attention_bias=qwen2,
             rope_scaling=_rope_scaling(path, cfg.get("rope_scaling")),
+            n_experts=int(cfg.get("num_local_experts", 1)),
+            n_experts_per_token=int(cfg.get("num_experts_per_tok", 1)),
         )
     except KeyError as exc:
         raise ModelFileError(path, f"misses the field {exc.args[0]}") from None

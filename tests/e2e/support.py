@@ -103,10 +103,17 @@ def running_server(log_dir: Path, model: str, extra_args: Sequence[str] = ()) ->
         wait_until_healthy(server)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if not stop_process(process):
             pytest.fail(f"server ignored SIGTERM for 20 s; its log:\n{server.log_tail()}")
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 20) -> bool:
+    """SIGTERM, then SIGKILL after `timeout_s`; True when the process stopped on SIGTERM."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return False
+    return True

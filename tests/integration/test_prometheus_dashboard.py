@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.deploy_files import PROMETHEUS_CONFIG, REPO_ROOT, TRAFFIC_SCRIPT, dashboard, load_yaml, queries
-from tests.e2e.support import Server, free_port, running_server
+from tests.e2e.support import Server, free_port, running_server, stop_process
 from tests.external_tools import require_tool
 
 TRAFFIC_USERS = {"alice": 6.0, "bob": 3.0, "dave": 1.5}  # requests per second, one in flight each
@@ -77,12 +77,7 @@ def prometheus(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iter
             time.sleep(0.2)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def _ready(url: str) -> bool:

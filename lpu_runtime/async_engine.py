@@ -113,7 +113,7 @@ class AsyncEngine:
         template = self.engine.model.chat_template
         if template is None:
             raise ChatTemplateError(
-                f"model {self.engine.model.name!r} has no chat template: use /v1/completions or pass one"
+                f"model {self.engine.model.name!r} has no chat template: use /v1/completions, or start the server with --chat-template FILE"
             )
         text = template.render(messages, add_generation_prompt=True, tools=tools)
         # The template usually writes the BOS itself; encode_prompt never adds a second one.

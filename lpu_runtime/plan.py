@@ -403,7 +403,11 @@ def _usd(x: float) -> str:
 
 
 def _gb(x: float) -> str:
-    return f"{x / 1e9:,.2f} GB"
+    return f"{x / 1e9:,.2f} GB" if x >= 1e8 else f"{x / 1e6:,.2f} MB"
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e9:,.2f}B" if n >= 1e8 else f"{n / 1e6:,.2f}M"
 
 
 def render_table(report: PlanReport) -> str:
@@ -413,7 +417,7 @@ def render_table(report: PlanReport) -> str:
     m = r.model
     moe = f", {m.n_experts} experts / {m.n_experts_per_token} per token" if m.is_moe else ""
     lines = [
-        f"lpu plan: {m.name} ({m.n_params / 1e9:,.2f}B params, {m.n_layers} layers{moe}); context {r.context:,}, "
+        f"lpu plan: {m.name} ({_params(m.n_params)} params, {m.n_layers} layers{moe}); context {r.context:,}, "
         f"batch {r.batch}, prompt {r.prompt}",
         "",
         f"{hw.chip.name} system",

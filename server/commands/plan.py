@@ -30,6 +30,9 @@ from server.settings import MIB, SYSTEM_OPTIONS, Settings, add_options
 _SHARED = ("model", "chip_sram_mib", "max_num_batched_tokens")
 
 
+DEFAULT_PROMPT = 550  # tokens
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -75,9 +78,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prompt",
         type=_positive_int,
-        default=550,
+        default=None,
         metavar="TOKENS",
-        help="prompt length for the time to first token (default 550)",
+        help=f"prompt length for the time to first token (default {DEFAULT_PROMPT}, or half the context if shorter)",
     )
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output (default table)")
     parser.add_argument("--svg", type=Path, metavar="FILE", help="also draw the system as an SVG picture")
@@ -152,11 +155,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         hardware = hardware_from(args, settings)
         model = resolve_model(settings.model)
+        context = args.context or model.max_context
         request = PlanRequest(
             model=model,
-            context=args.context or model.max_context,
+            context=context,
             batch=args.batch,
-            prompt=args.prompt,
+            # Published TTFT figures use ~550-token prompts; a small model's context may not hold one.
+            prompt=args.prompt or min(DEFAULT_PROMPT, context // 2),
             chips=args.plan_chips,
             max_num_batched_tokens=_chunk(args, settings),
             hardware=hardware,

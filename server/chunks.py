@@ -8,7 +8,7 @@ usage at the end, as the OpenAI API specifies; without it the field is absent.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from server.protocol import (
     ChatCompletionChunk,
@@ -46,21 +46,29 @@ class _Chunks:
         self.include_usage = include_usage
         self._exclude: set[str] = {"x_lpu"} if include_usage else {"usage", "x_lpu"}
 
+    def _envelope(self, usage: Usage | None, x_lpu: LpuInfo | None) -> dict[str, Any]:
+        """The fields every chunk of one response shares, in the API's order around `choices`."""
+        m = self.meta
+        return {
+            "id": m.id,
+            "created": m.created,
+            "model": m.model,
+            "system_fingerprint": m.system_fingerprint,
+            "usage": usage,
+            "x_lpu": x_lpu,
+        }
+
+    def _excluded(self, x_lpu: LpuInfo | None) -> set[str]:
+        # The usage chunk carries x_lpu; the others omit it (and usage, unless include_usage asks for nulls).
+        return set() if x_lpu else self._exclude
+
 
 class ChatChunks(_Chunks):
     def _chunk(
         self, choices: list[ChunkChoice], usage: Usage | None = None, x_lpu: LpuInfo | None = None
     ) -> str:
-        chunk = ChatCompletionChunk(
-            id=self.meta.id,
-            created=self.meta.created,
-            model=self.meta.model,
-            system_fingerprint=self.meta.system_fingerprint,
-            choices=choices,
-            usage=usage,
-            x_lpu=x_lpu,
-        )
-        return chunk.model_dump_json(exclude=set() if x_lpu else self._exclude)
+        chunk = ChatCompletionChunk(choices=choices, **self._envelope(usage, x_lpu))
+        return chunk.model_dump_json(exclude=self._excluded(x_lpu))
 
     def opening(self) -> list[str]:
         return [self._chunk([ChunkChoice(delta={"role": "assistant", "content": ""})])]
@@ -79,16 +87,8 @@ class CompletionChunks(_Chunks):
     def _chunk(
         self, choices: list[CompletionChunkChoice], usage: Usage | None = None, x_lpu: LpuInfo | None = None
     ) -> str:
-        chunk = CompletionChunk(
-            id=self.meta.id,
-            created=self.meta.created,
-            model=self.meta.model,
-            system_fingerprint=self.meta.system_fingerprint,
-            choices=choices,
-            usage=usage,
-            x_lpu=x_lpu,
-        )
-        return chunk.model_dump_json(exclude=set() if x_lpu else self._exclude)
+        chunk = CompletionChunk(choices=choices, **self._envelope(usage, x_lpu))
+        return chunk.model_dump_json(exclude=self._excluded(x_lpu))
 
     def opening(self) -> list[str]:
         return []  # completions have no role to announce

@@ -278,8 +278,8 @@ def _from_path(source: ModelSource, path: Path, served_name: str) -> LoadedModel
         template = assets.template_origin
     description = (
         f"{served_name}: {fmt} checkpoint from {path}; {cfg.n_layers} layers, dim {cfg.dim}, {cfg.n_heads} heads / "
-        f"{cfg.n_kv_heads} KV heads, vocab {cfg.vocab_size}, {cfg.n_params / 1e6:,.2f}M params, context "
-        f"{cfg.max_context}; tokenizer: {assets.tokenizer_origin}; chat template: {template}"
+        f"{cfg.n_kv_heads} KV heads of {cfg.head_dim}, vocab {cfg.vocab_size}, {cfg.n_params / 1e6:,.2f}M params, "
+        f"context {cfg.max_context}; tokenizer: {assets.tokenizer_origin}; chat template: {template}"
     )
     return LoadedModel(
         checkpoint=checkpoint,

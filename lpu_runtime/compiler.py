@@ -196,7 +196,7 @@ def unit_shards(model: ModelConfig, unit: Unit, width: int, rank: int, kv_tokens
         *matrix(f"{p}.wq", (q0 * hd, q1 * hd), d, model.attention_bias),
         *matrix(f"{p}.wk", (kv0 * hd, kv1 * hd), d, model.attention_bias),
         *matrix(f"{p}.wv", (kv0 * hd, kv1 * hd), d, model.attention_bias),
-        *matrix(f"{p}.wo", dim_rows, d),
+        *matrix(f"{p}.wo", dim_rows, model.q_dim),
         vector(f"{p}.ffn_norm", d),
         *ffn,
         TensorShard(f"{p}.k_cache", RegionKind.KV, "float16", (kv_tokens, kv1 - kv0, hd), (kv0, kv1)),
@@ -213,13 +213,14 @@ def buffer_shards(
     would need to hold them, so it is charged against SRAM all the same.
     """
     tokens = engine.max_num_batched_tokens
+    attn = max(model.q_dim + 2 * model.kv_dim, model.dim)  # q, k, v of every token, or wo's output rows
     widest = 0
     for u in units:
         if u.kind is UnitKind.LAYER and model.is_moe:  # a chip may compute its expert rows for every token
             rows = expert_shard(model, width, 0).ffn_rows
-            widest = max(widest, tokens * max(rows[1] - rows[0], -(-(model.dim + 2 * model.kv_dim) // width)))
+            widest = max(widest, tokens * max(rows[1] - rows[0], -(-attn // width)))
         elif u.kind is UnitKind.LAYER:
-            widest = max(widest, tokens * -(-max(model.ffn_dim, model.dim + 2 * model.kv_dim) // width))
+            widest = max(widest, tokens * -(-max(model.ffn_dim, attn) // width))
         elif u.kind is UnitKind.HEAD:
             widest = max(widest, engine.max_num_seqs * -(-model.vocab_size // width))
     return [
@@ -518,8 +519,8 @@ def _unit_span(units: Sequence[Unit]) -> str:
 def render_plan(plan: Plan) -> str:
     m, chip = plan.model, plan.system.chip
     lines = [
-        f"model {m.name}: {m.n_layers} layers, dim {m.dim}, {m.n_heads} heads / {m.n_kv_heads} KV heads, "
-        f"vocab {m.vocab_size}, {m.n_params / 1e6:,.1f}M params",
+        f"model {m.name}: {m.n_layers} layers, dim {m.dim}, {m.n_heads} heads / {m.n_kv_heads} KV heads "
+        f"of {m.head_dim}, vocab {m.vocab_size}, {m.n_params / 1e6:,.1f}M params",
         f"system: {plan.system.n_chips} x {chip.name} ({_mib(chip.sram_bytes)} MiB SRAM each, "
         f"{plan.system.chips_per_node} per node); {plan.n_chips_used} used, {plan.idle_chips} idle",
         f"pipeline: {len(plan.stages)} stages; KV cache {plan.kv_tokens:,} tokens per layer "

@@ -115,14 +115,23 @@ class ModelConfig:
     rope_scaling: RopeScaling | None = None
     n_experts: int = 1  # > 1: a mixture-of-experts FFN (Mixtral); planned and costed, not emulated
     n_experts_per_token: int = 1  # experts each token is routed to
+    # Width of one attention head; 0 (not given): dim // n_heads. Some models set it apart from dim
+    # (Mistral-Nemo: dim 5120, 32 heads of 128), so q and the attention output are q_dim wide, not dim.
+    head_dim: int = 0
 
     def __post_init__(self) -> None:
         if min(self.dim, self.n_layers, self.n_heads, self.n_kv_heads, self.ffn_dim, self.vocab_size) <= 0:
             raise ValueError(f"ModelConfig {self.name!r}: every size must be positive")
-        if self.dim % self.n_heads:
-            raise ValueError(
-                f"ModelConfig {self.name!r}: dim {self.dim} not divisible by n_heads {self.n_heads}"
-            )
+        if self.head_dim < 0:
+            raise ValueError(f"ModelConfig {self.name!r}: head_dim {self.head_dim} must be positive")
+        if self.head_dim == 0:
+            if self.dim % self.n_heads:
+                raise ValueError(
+                    f"ModelConfig {self.name!r}: dim {self.dim} not divisible by n_heads {self.n_heads} "
+                    "(give head_dim)"
+                )
+            # Stored resolved, so a config given head_dim == dim // n_heads equals one that was not.
+            object.__setattr__(self, "head_dim", self.dim // self.n_heads)
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
                 f"ModelConfig {self.name!r}: n_heads {self.n_heads} not divisible by n_kv_heads {self.n_kv_heads}"
@@ -140,8 +149,9 @@ class ModelConfig:
         return self.n_experts > 1
 
     @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
+    def q_dim(self) -> int:
+        """Width of the queries and of the attention output (o_proj's input): dim unless head_dim is set apart."""
+        return self.n_heads * self.head_dim
 
     @property
     def kv_dim(self) -> int:
@@ -150,12 +160,12 @@ class ModelConfig:
     @property
     def n_params(self) -> int:
         per_layer = (
-            self.dim * self.dim * 2  # wq, wo
+            self.dim * self.q_dim * 2  # wq, wo
             + self.dim * self.kv_dim * 2  # wk, wv
             + self.dim * self.ffn_dim * 3 * self.n_experts  # w1, w2, w3 of every expert
             + (self.n_experts * self.dim if self.is_moe else 0)  # the router
             + self.dim * 2  # two RMSNorm weights
-            + (self.dim + 2 * self.kv_dim if self.attention_bias else 0)
+            + (self.q_dim + 2 * self.kv_dim if self.attention_bias else 0)
         )
         embeddings = self.vocab_size * self.dim * (1 if self.tied_embeddings else 2)
         return per_layer * self.n_layers + embeddings + self.dim

@@ -26,20 +26,20 @@ BIASED_NAMES = ("wq", "wk", "wv")  # the projections that carry a bias when Mode
 
 def layer_tensor_shapes(config: ModelConfig, layer: int) -> dict[str, tuple[int, ...]]:
     """One decoder layer's tensors: matrices (out_features, in_features) as in HuggingFace."""
-    d, kv, f, p = config.dim, config.kv_dim, config.ffn_dim, f"layers.{layer}"
+    d, q, kv, f, p = config.dim, config.q_dim, config.kv_dim, config.ffn_dim, f"layers.{layer}"
     shapes: dict[str, tuple[int, ...]] = {
         f"{p}.attn_norm": (d,),
-        f"{p}.wq": (d, d),
+        f"{p}.wq": (q, d),
         f"{p}.wk": (kv, d),
         f"{p}.wv": (kv, d),
-        f"{p}.wo": (d, d),
+        f"{p}.wo": (d, q),
         f"{p}.ffn_norm": (d,),
         f"{p}.w1": (f, d),  # gate
         f"{p}.w3": (f, d),  # up
         f"{p}.w2": (d, f),  # down
     }
     if config.attention_bias:
-        shapes.update({f"{p}.wq.bias": (d,), f"{p}.wk.bias": (kv,), f"{p}.wv.bias": (kv,)})
+        shapes.update({f"{p}.wq.bias": (q,), f"{p}.wk.bias": (kv,), f"{p}.wv.bias": (kv,)})
     return shapes
 
 
@@ -173,7 +173,7 @@ def decoder_layer(x: F32, ops: LayerOps, config: ModelConfig, rope: RopeTables, 
     v = ops.wv(h).reshape(n, config.n_kv_heads, config.head_dim)
     q = rope.apply(q, batch.positions)
     k = rope.apply(k, batch.positions)
-    attn = ops.attention(q, k, v, batch).reshape(n, config.dim)
+    attn = ops.attention(q, k, v, batch).reshape(n, config.q_dim)
     x = x + ops.wo(attn)
     h = rmsnorm(x, ops.ffn_norm, config.norm_eps)
     return x + ops.w2(silu(ops.w1(h)) * ops.w3(h))

@@ -145,7 +145,7 @@ def attention_block_cycles(
         + 2 * linear_cycles(chip, n_tokens, kv_heads * hd, d)
         + attention_cycles(chip, [(per_seq, n_ctx)] * n_seqs, heads, kv_heads, hd)
         + allgather_cycles(chip, n_tokens * heads * hd * FP32_BYTES, width)
-        + linear_cycles(chip, n_tokens, dim_rows, d)
+        + linear_cycles(chip, n_tokens, dim_rows, config.q_dim)
         + allgather_cycles(chip, n_tokens * dim_rows * FP32_BYTES, width)
     )
 
@@ -249,14 +249,14 @@ def gpu_step_seconds(
     bytes are the layer's weights this step touches (all experts a MoE step routes to) and the fp16 KV cache.
     """
     gpu, tp, bpp = server.gpu, server.n_gpus, server.bytes_per_param
-    d, kv, f = config.dim, config.kv_dim, config.ffn_dim
-    attn_params = 2 * d * d + 2 * d * kv
+    d, q, kv, f = config.dim, config.q_dim, config.kv_dim, config.ffn_dim
+    attn_params = 2 * d * q + 2 * d * kv
     ffn_params = 3 * d * f
     touched = ffn_experts_touched(config, n_tokens)
     weight_bytes = (attn_params + touched * ffn_params) * bpp / tp
     kv_bytes = n_seqs * n_ctx * 2 * kv * FP16_BYTES / tp
     flops = (
-        2.0 * n_tokens * (attn_params + config.n_experts_per_token * ffn_params) + 4.0 * n_tokens * n_ctx * d
+        2.0 * n_tokens * (attn_params + config.n_experts_per_token * ffn_params) + 4.0 * n_tokens * n_ctx * q
     ) / tp
     bandwidth = gpu.hbm_bandwidth_bytes_per_s * gpu.hbm_efficiency
     layer = (

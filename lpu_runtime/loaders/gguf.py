@@ -54,11 +54,11 @@ def gguf_model_config(gguf: GGUFFile, name: str) -> ModelConfig:
         return value
 
     dim, heads = int(key("embedding_length")), int(key("attention.head_count"))
-    head_dim = dim // heads
-    for k in ("attention.key_length", "attention.value_length", "rope.dimension_count"):
+    head_dim = int(key("attention.key_length", dim // heads))  # llama.cpp's default: embedding / heads
+    for k in ("attention.value_length", "rope.dimension_count"):
         if int(key(k, head_dim)) != head_dim:
             raise ModelFileError(
-                gguf.path, f"llama.{k} {key(k)} != {head_dim} (embedding / heads) is not supported"
+                gguf.path, f"llama.{k} {key(k)} != {head_dim} (the key length) is not supported"
             )
     scaling = None
     kind = gguf.get("llama.rope.scaling.type", "none")
@@ -74,6 +74,7 @@ def gguf_model_config(gguf: GGUFFile, name: str) -> ModelConfig:
             n_layers=int(key("block_count")),
             n_heads=heads,
             n_kv_heads=int(key("attention.head_count_kv", heads)),
+            head_dim=head_dim,
             ffn_dim=int(key("feed_forward_length")),
             vocab_size=vocab,
             rope_theta=float(key("rope.freq_base", 10000.0)),

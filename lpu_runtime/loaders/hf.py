@@ -105,11 +105,6 @@ def read_hf_config_file(path: Path, name: str, *, planning: bool = False) -> Mod
         raise ModelFileError(path, "attention_bias with an o_proj bias is not supported")
     try:
         dim, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
-        head_dim = cfg.get("head_dim") or dim // heads
-        if head_dim * heads != dim:
-            raise ModelFileError(
-                path, f"head_dim {head_dim} x {heads} heads != hidden_size {dim} is not supported"
-            )
         context = int(cfg.get("max_position_embeddings", 2048))
         window = cfg.get("sliding_window")
         if window and (not qwen2 or cfg.get("use_sliding_window")):
@@ -121,6 +116,7 @@ def read_hf_config_file(path: Path, name: str, *, planning: bool = False) -> Mod
             n_layers=int(cfg["num_hidden_layers"]),
             n_heads=heads,
             n_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+            head_dim=int(cfg.get("head_dim") or 0),  # absent or null: hidden_size / heads
             ffn_dim=int(cfg["intermediate_size"]),
             vocab_size=int(cfg["vocab_size"]),
             rope_theta=float(cfg.get("rope_theta", 10000.0)),

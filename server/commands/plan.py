@@ -167,7 +167,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             hardware=hardware,
         )
         report = plan_system(request)
-    except (CompileError, PlanInputError, SpecError, ValueError) as exc:
+    except CompileError as exc:
+        # A model's own context (up to 10^6 tokens for some) can need more KV than any chip holds.
+        hint = "" if args.context else "; plan a shorter context with --context TOKENS"
+        print(f"lpu plan: {exc}{hint}", file=sys.stderr)
+        return 1
+    except (PlanInputError, SpecError, ValueError) as exc:
         print(f"lpu plan: {exc}", file=sys.stderr)
         return 1
     if args.format == "json":

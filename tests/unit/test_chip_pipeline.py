@@ -5,18 +5,27 @@ import pytest
 
 from lpu_runtime.chip import Chip
 from lpu_runtime.compiler import ChipPlan, compile_model
-from lpu_runtime.config import ChipSpec, EngineConfig, SystemSpec
+from lpu_runtime.config import ChipSpec, EngineConfig, ModelConfig, SystemSpec
 from lpu_runtime.errors import SramOverflowError
 from lpu_runtime.gemm import NumpyExactGemm
 from lpu_runtime.model import Checkpoint, ReferenceModel, SeqSlice, TokenBatch
 from lpu_runtime.pipeline import Pipeline
 from lpu_runtime.sram import Region, RegionKind, SramArena
+from lpu_runtime.synthetic import synthetic_checkpoint
 
-from .tiny_model import TINY, TINY_ENGINE
+from .tiny_model import TINY, TINY_ENGINE, TINY_HEAD_DIM
 
 # Chips small enough that every layer is split over two chips by KV head and the vocabulary over several.
 SMALL_CHIP = ChipSpec(sram_bytes=40 * 1024)
 SMALL_ENGINE = EngineConfig(max_num_seqs=2, max_num_batched_tokens=16, max_kv_tokens=128)
+# The numerical properties hold for heads of dim / n_heads and for heads set apart from it (q_dim != dim).
+TINY_MODELS = pytest.mark.parametrize("model", [TINY, TINY_HEAD_DIM], ids=["tiny", "head-dim-24"])
+# Per model, chips that split every layer over two chips by KV head (its wider attention needs more room).
+SPLIT_CHIP = {TINY.name: SMALL_CHIP, TINY_HEAD_DIM.name: ChipSpec(sram_bytes=48 * 1024)}
+
+
+def tiny(model: ModelConfig) -> Checkpoint:
+    return synthetic_checkpoint(model, seed=1)  # for TINY, the same weights as the tiny_checkpoint fixture
 
 
 def test_arena_refuses_an_allocation_past_capacity() -> None:
@@ -69,14 +78,19 @@ def _run_prefill_and_decode(pipe: Pipeline, prompt: list[int], steps: int) -> li
     return out
 
 
-def test_one_chip_and_many_chips_with_split_tensors_give_bit_identical_logits(
-    tiny_checkpoint: Checkpoint,
-) -> None:
-    one = Pipeline(compile_model(TINY, SystemSpec(1), SMALL_ENGINE), tiny_checkpoint)
-    four = Pipeline(compile_model(TINY, SystemSpec(4), SMALL_ENGINE), tiny_checkpoint)
-    split_plan = compile_model(TINY, SystemSpec(16, SMALL_CHIP), SMALL_ENGINE)
+@TINY_MODELS
+def test_one_chip_and_many_chips_with_split_tensors_give_bit_identical_logits(model: ModelConfig) -> None:
+    checkpoint = tiny(model)
+    one = Pipeline(compile_model(model, SystemSpec(1), SMALL_ENGINE), checkpoint)
+    four = Pipeline(compile_model(model, SystemSpec(4), SMALL_ENGINE), checkpoint)
+    split_plan = compile_model(model, SystemSpec(16, SPLIT_CHIP[model.name]), SMALL_ENGINE)
     assert any(s.width > 1 and s.layers for s in split_plan.stages), "layers must be tensor-parallel here"
-    split = Pipeline(split_plan, tiny_checkpoint)
+    # q rows go by heads and wo by output rows, each over its full q_dim input
+    wq = [s for c in split_plan.chips for s in c.shards if s.tensor == "layers.0.wq"]
+    wo = [s for c in split_plan.chips for s in c.shards if s.tensor == "layers.0.wo"]
+    assert len(wq) > 1 and sum(s.shape[0] for s in wq) == model.q_dim
+    assert sum(s.shape[0] for s in wo) == model.dim and {s.shape[1] for s in wo} == {model.q_dim}
+    split = Pipeline(split_plan, checkpoint)
     assert len(one.stages) == 1 and len(four.stages) == 4
     for prompt in _prompts():
         ref = _run_prefill_and_decode(one, prompt, 6)
@@ -86,8 +100,9 @@ def test_one_chip_and_many_chips_with_split_tensors_give_bit_identical_logits(
                 np.testing.assert_array_equal(a, b)
 
 
-def test_batched_sequences_get_the_same_logits_as_alone(tiny_checkpoint: Checkpoint) -> None:
-    pipe = Pipeline(compile_model(TINY, SystemSpec(2), TINY_ENGINE), tiny_checkpoint)
+@TINY_MODELS
+def test_batched_sequences_get_the_same_logits_as_alone(model: ModelConfig) -> None:
+    pipe = Pipeline(compile_model(model, SystemSpec(2), TINY_ENGINE), tiny(model))
     a, b = _prompts()[1], _prompts()[2]
     alone_a, _ = pipe.forward(TokenBatch.single(a))
     alone_b, _ = pipe.forward(TokenBatch.single(b))
@@ -105,12 +120,14 @@ def test_batched_sequences_get_the_same_logits_as_alone(tiny_checkpoint: Checkpo
     np.testing.assert_array_equal(both[1], alone_b[0])
 
 
-def test_int8_model_tracks_the_float32_reference(tiny_checkpoint: Checkpoint) -> None:
+@TINY_MODELS
+def test_int8_model_tracks_the_float32_reference(model: ModelConfig) -> None:
     """The bound, for this 3-layer random model: relative RMS error of the logits below 6% on every prompt and
     below 3% on average, and the same argmax on at least 85% of prompts. Measured over 300 prompts:
     median 2.2%, p99 3.4%, worst 4.6%, argmax agreement 98% (random weights make near-ties)."""
-    pipe = Pipeline(compile_model(TINY, SystemSpec(3), TINY_ENGINE), tiny_checkpoint)
-    reference = ReferenceModel(tiny_checkpoint)
+    checkpoint = tiny(model)
+    pipe = Pipeline(compile_model(model, SystemSpec(3), TINY_ENGINE), checkpoint)
+    reference = ReferenceModel(checkpoint)
     rng = np.random.default_rng(11)
     rels, agree = [], 0
     for _ in range(20):

@@ -4,6 +4,7 @@ bit-identically, and every bad file failing with one sentence that names the fil
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -25,6 +26,7 @@ from lpu_runtime.synthetic import synthetic_checkpoint
 from lpu_runtime.tokenizer import ByteTokenizer
 from tests.shared_models import require
 from tests.unit.gguf_writer import gguf_value, write_gguf
+from tests.unit.tiny_model import TINY_HEAD_DIM
 
 QWEN_TINY = ModelConfig(
     name="qwen-tiny", dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=48, vocab_size=259,
@@ -76,6 +78,30 @@ def test_llama2c_bin_exported_through_the_cli_equals_the_reference_hf_conversion
         main(["export", "--model", str(require("stories260K/stories260K.bin")), "--out", str(out)], env={})
         == 1
     )
+
+
+def test_head_dim_apart_from_hidden_size_exports_and_reads_back_bit_identically(tmp_path: Path) -> None:
+    """Mistral-Nemo's layout in small: head_dim 24 x 4 heads = 96 != hidden_size 64, so q_proj is (96, 64) and
+    o_proj (64, 96)."""
+    original = synthetic_checkpoint(TINY_HEAD_DIM, seed=8)
+    directory = export_dir(original, tmp_path / "nemo")
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text())
+    assert (config["hidden_size"], config["num_attention_heads"], config["head_dim"]) == (64, 4, 24)
+    loaded = load_hf_checkpoint(directory)
+    assert loaded.config == ModelConfig(**{**TINY_HEAD_DIM.__dict__, "name": "nemo"})
+    assert loaded.tensor("layers.0.wq").shape == (96, 64) and loaded.tensor("layers.0.wo").shape == (64, 96)
+    assert_same_weights(original, loaded)
+    # a head_dim the tensors do not have, one RoPE cannot rotate, and hidden_size / heads without head_dim
+    config_path.write_text(json.dumps({**config, "head_dim": 32}))
+    with pytest.raises(ModelFileError, match=r"q_proj.weight has shape \(96, 64\), expected \(128, 64\)"):
+        load_hf_checkpoint(directory)
+    config_path.write_text(json.dumps({**config, "head_dim": 25}))
+    with pytest.raises(ModelFileError, match=r"config\.json: holds an unusable value: .*head_dim 25 must be"):
+        load_hf_checkpoint(directory)
+    config_path.write_text(json.dumps({**config, "head_dim": None, "num_attention_heads": 6}))
+    with pytest.raises(ModelFileError, match="dim 64 not divisible by n_heads 6"):
+        load_hf_checkpoint(directory)
 
 
 @pytest.mark.parametrize("dtype", ["F16", "BF16"])
@@ -143,9 +169,17 @@ def _interleave(w: np.ndarray, heads: int) -> np.ndarray:
 
 
 def _llama_gguf(
-    path: Path, checkpoint: Checkpoint, arch: str = "llama", q_type: GGMLType = GGMLType.F32
+    path: Path,
+    checkpoint: Checkpoint,
+    arch: str = "llama",
+    q_type: GGMLType = GGMLType.F32,
+    extra: dict[str, object] | None = None,
 ) -> Path:
     cfg = checkpoint.config
+    if cfg.head_dim != cfg.dim // cfg.n_heads:  # convert_hf_to_gguf writes them only then
+        extra = {"llama.attention.key_length": cfg.head_dim, "llama.attention.value_length": cfg.head_dim} | (
+            extra or {}
+        )
     meta = {
         "general.architecture": arch,
         "llama.embedding_length": cfg.dim,
@@ -156,6 +190,7 @@ def _llama_gguf(
         "llama.context_length": cfg.max_context,
         "llama.rope.freq_base": cfg.rope_theta,
         "llama.attention.layer_norm_rms_epsilon": cfg.norm_eps,
+        **(extra or {}),
     }
     kv = [(k, *gguf_value(v)) for k, v in meta.items()]
     names = {"tok_embeddings": "token_embd", "norm": "output_norm", "output": "output"}
@@ -184,6 +219,20 @@ def test_gguf_q_k_rows_are_reordered_back_to_rotate_half(tmp_path: Path) -> None
     loaded = load_gguf_checkpoint(_llama_gguf(tmp_path / "m.gguf", original))
     assert loaded.config.tied_embeddings is False and loaded.config.max_context == 64
     assert_same_weights(original, loaded)
+
+
+def test_gguf_key_length_sets_the_head_dim(tmp_path: Path) -> None:
+    original = synthetic_checkpoint(TINY_HEAD_DIM, seed=9)
+    loaded = load_gguf_checkpoint(_llama_gguf(tmp_path / "nemo.gguf", original))
+    assert (loaded.config.head_dim, loaded.config.q_dim) == (24, 96)
+    assert_same_weights(original, loaded)  # Q/K reordered per head of 24 rows
+    for key, value, message in (
+        ("llama.attention.value_length", 16, "llama.attention.value_length 16 != 24 (the key length)"),
+        ("llama.rope.dimension_count", 12, "llama.rope.dimension_count 12 != 24 (the key length)"),
+    ):
+        path = _llama_gguf(tmp_path / f"{value}.gguf", original, extra={key: value})
+        with pytest.raises(ModelFileError, match=re.escape(message)):
+            load_gguf_checkpoint(path)
 
 
 # -- bad files: one sentence naming the file -------------------------------------------------------------

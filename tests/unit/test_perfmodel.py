@@ -17,8 +17,16 @@ from lpu_runtime.hardware import GpuServer
 from lpu_runtime.model import Checkpoint, SeqSlice, TokenBatch
 from lpu_runtime.pipeline import Pipeline
 from lpu_runtime.plan import PlanRequest, plan_system, stage_step_cycles, step_cycles
+from lpu_runtime.synthetic import synthetic_checkpoint
 
 from .tiny_model import TINY, TINY_ENGINE
+
+# Heads wider than dim / n_heads (q_dim 512 in dim 256), large enough that o_proj's extra input columns cost
+# whole cycles: a cost model charging wo as (dim, dim) would disagree with the chips by several cycles.
+WIDE_HEADS = ModelConfig(
+    name="test-wide-heads", dim=256, n_layers=2, n_heads=8, n_kv_heads=2, head_dim=64, ffn_dim=512,
+    vocab_size=259, max_context=128,
+)  # fmt: skip
 
 
 def lpu_per_user(name: str, chips: int, context: int, chunk: int | None = None) -> float:
@@ -97,16 +105,22 @@ def _batch(n_seqs: int, start: int, n_new: int, slot_base: int = 64) -> TokenBat
 
 
 @pytest.mark.parametrize(
-    ("chips", "chip"),
-    [(1, ChipSpec()), (3, ChipSpec()), (12, ChipSpec(sram_bytes=40 * 1024))],
-    ids=["one-chip", "three-stages", "tensor-parallel"],
+    ("model", "chips", "chip"),
+    [
+        (TINY, 1, ChipSpec()),
+        (TINY, 3, ChipSpec()),
+        (TINY, 12, ChipSpec(sram_bytes=40 * 1024)),
+        (WIDE_HEADS, 1, ChipSpec()),
+        (WIDE_HEADS, 12, ChipSpec(sram_bytes=500 * 1024)),  # layers split over two chips
+    ],
+    ids=["one-chip", "three-stages", "tensor-parallel", "head-dim-one-chip", "head-dim-tensor-parallel"],
 )
 def test_the_emulator_clock_charges_exactly_what_the_planner_predicts(
-    tiny_checkpoint: Checkpoint, chips: int, chip: ChipSpec
+    model: ModelConfig, chips: int, chip: ChipSpec
 ) -> None:
     engine = EngineConfig(max_num_seqs=2, max_num_batched_tokens=16, max_kv_tokens=128)
-    plan = compile_model(TINY, SystemSpec(chips, chip), engine)
-    pipe = Pipeline(plan, tiny_checkpoint)
+    plan = compile_model(model, SystemSpec(chips, chip), engine)
+    pipe = Pipeline(plan, synthetic_checkpoint(model, seed=1))
     logits, prefill = pipe.forward(_batch(2, 0, 8))  # two 8-token prompts in one step
     assert prefill.cycles == step_cycles(plan, 16, 8, 2)[0]
     _, decode = pipe.forward(_batch(2, 8, 1))

@@ -68,6 +68,46 @@ def test_hf_config_json_path(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert data["model"]["layers"] == 22 and data["model"]["params"] == 1_100_048_384
 
 
+def test_mistral_nemo_config_with_head_dim_apart_from_hidden_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Mistral-Nemo-Instruct-2407's config.json: 32 heads of 128 in hidden 5120, so q_proj is (4096, 5120)."""
+    cfg = {
+        "architectures": ["MistralForCausalLM"],
+        "hidden_size": 5120,
+        "head_dim": 128,
+        "intermediate_size": 14336,
+        "max_position_embeddings": 1024000,
+        "num_attention_heads": 32,
+        "num_hidden_layers": 40,
+        "num_key_value_heads": 8,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 1000000.0,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+        "vocab_size": 131072,
+    }
+    folder = tmp_path / "Mistral-Nemo-Instruct-2407"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(cfg))
+    argv = ["plan", "--model", str(folder), "--context", "8192"]
+    assert main([*argv, "--format", "json"], env={}) == 0
+    data = json.loads(capsys.readouterr().out)
+    # the published 12.2B (with q as wide as hidden_size it would be 12.67B)
+    assert data["model"]["params"] == 12_247_782_400
+    # int8 matrices + an fp32 scale per output row (wq 4096, wk and wv 1024, wo 5120, w1 and w3 14336, w2
+    # 5120 rows a layer; both vocabulary tables) + fp32 norms (3 bytes each more than their int8 count)
+    scales = 4 * (40 * (4096 + 2 * 1024 + 5120 + 2 * 14336 + 5120) + 2 * 131072)
+    assert data["lpu"]["int8_weight_bytes"] == data["model"]["params"] + scales + 3 * (81 * 5120)
+    lpu = data["lpu"]
+    # a layer's 272.6 MB of int8 weights split over two chips by KV heads; every layer gets its own stage
+    assert {(s["holds"], s["stages"], s["width"]) for s in lpu["layout"]} >= {("layer", 40, 2)}
+    assert lpu["chips_used"] == lpu["chips"] >= lpu["min_chips_weights_only"] > 12.2e9 / 230.7e6
+    assert 100 < lpu["speed"]["per_user_tokens_per_s"] < 2000 and 0 < lpu["speed"]["ttft_s"] < 1
+    assert main(argv, env={}) == 0
+    assert "Mistral-Nemo-Instruct-2407 (12.25B params, 40 layers); context 8,192" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -15,3 +15,15 @@ TINY = ModelConfig(
     max_context=128,
 )
 TINY_ENGINE = EngineConfig(max_num_seqs=4, max_num_batched_tokens=64, max_kv_tokens=512)
+# Heads that are not dim / n_heads wide, as Mistral-Nemo's 32 x 128 in dim 5120: wq is (96, 64), wo (64, 96).
+TINY_HEAD_DIM = ModelConfig(
+    name="test-tiny-head-dim",
+    dim=64,
+    n_layers=3,
+    n_heads=4,
+    n_kv_heads=2,
+    head_dim=24,
+    ffn_dim=160,
+    vocab_size=259,
+    max_context=128,
+)

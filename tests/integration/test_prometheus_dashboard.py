@@ -106,11 +106,30 @@ def traffic(server: Server, prometheus: str) -> str:
             f"{server.base_url}/v1/chat/completions", json=carol, headers=headers, timeout=30
         )
         assert response.status_code == 200, response.text
+        _one_stop_and_one_abort(server)
         out, _ = run.communicate(timeout=TRAFFIC_SECONDS + 60)
     report = out.decode(errors="replace")
     assert run.returncode == 0, report
     time.sleep(3 * _seconds(SCRAPE_INTERVAL))  # the last outputs are scraped
     return report
+
+
+def _one_stop_and_one_abort(server: Server) -> None:
+    """The generator's stop and abort mixes are random, and a loaded machine sends few requests in a short run:
+    one request certain to end on a stop string and one stream cut by its client make every reason appear."""
+    url = f"{server.base_url}/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {KEYS['traffic']}"}
+    greedy = {
+        "model": server.model, "messages": [{"role": "user", "content": "stop here"}], "max_tokens": 8,
+        "temperature": 0, "ignore_eos": True, "user": "alice",
+    }  # fmt: skip
+    text = httpx.post(url, json=greedy, headers=headers, timeout=30).json()["choices"][0]["message"][
+        "content"
+    ]
+    stopped = httpx.post(url, json={**greedy, "stop": [text[3:5]]}, headers=headers, timeout=30).json()
+    assert stopped["choices"][0]["finish_reason"] == "stop", stopped
+    with httpx.stream("POST", url, json={**greedy, "max_tokens": 400, "stream": True}, headers=headers) as r:
+        next(r.iter_lines())  # the first chunk arrived: the request is running; now the client goes away
 
 
 def _seconds(duration: str) -> float:

@@ -7,7 +7,7 @@ PORT ?= $(or $(LPU_PORT),8000)
 ARGS ?=
 PY_DIRS := server lpu_runtime tests benchmarks deploy
 
-.PHONY: run test lint typecheck unit bench demo clean
+.PHONY: run test lint typecheck bench demo clean
 
 # Stamp files re-run the install only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml

@@ -9,14 +9,16 @@ PY_DIRS := server lpu_runtime tests benchmarks deploy
 
 .PHONY: run test lint typecheck bench demo clean
 
-# Stamp files re-run the install only when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml
+# Stamp files re-run the install only when the packaging or the C extension's sources change.
+NATIVE_SRC := setup.py $(wildcard lpu_runtime/csrc/*.c lpu_runtime/csrc/*.h)
+
+$(VENV)/.installed: pyproject.toml $(NATIVE_SRC)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml
+$(VENV)/.installed-dev: pyproject.toml $(NATIVE_SRC)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -1,8 +1,9 @@
 """The engine on its own thread, and the asyncio face the server talks to.
 
-The step loop runs numpy in one background thread (BLAS releases the GIL), so the event loop only moves
-bytes. Requests and aborts cross into the thread through an inbox; outputs cross back through each request's
-asyncio.Queue via `call_soon_threadsafe`.
+The step loop runs in one background thread; its kernels release the GIL while they compute, so the event
+loop keeps moving bytes. Requests and aborts cross into the thread through an inbox; each step's outputs
+cross back in one `call_soon_threadsafe` per event loop and are turned into text there (output_processor.py),
+outside the step loop.
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ from lpu_runtime.compiler import check_host_memory, compile_model
 from lpu_runtime.config import DEMO_MODEL, EngineConfig, SystemSpec
 from lpu_runtime.engine import Engine
 from lpu_runtime.errors import ChatTemplateError, EngineDeadError
+from lpu_runtime.executor import PipelineExecutor
 from lpu_runtime.loaders.progress import LoadProgress
-from lpu_runtime.pipeline import Pipeline
+from lpu_runtime.output_processor import OutputProcessor
 from lpu_runtime.scheduler import Sequence
 from lpu_runtime.tokenizer import encode_prompt
-from lpu_runtime.types import EngineStats, GenerationRequest, ModelInfo, RequestOutput
+from lpu_runtime.types import EngineCoreOutput, EngineStats, GenerationRequest, ModelInfo, RequestOutput
 
 log = logging.getLogger(__name__)
 
-_Deliver = tuple[asyncio.AbstractEventLoop, "asyncio.Queue[RequestOutput]"]
+_Deliver = tuple[asyncio.AbstractEventLoop, "asyncio.Queue[EngineCoreOutput]"]
 
 
 class AsyncEngine:
@@ -62,11 +64,17 @@ class AsyncEngine:
         loaded = load_model(
             model, seed=config.seed, tokenizer=tokenizer, chat_template=chat_template, max_context=max_context
         )
-        plan = compile_model(loaded.checkpoint.config, system or SystemSpec(), config)
+        plan = compile_model(loaded.config, system or SystemSpec(), config)
         check_host_memory(plan)
-        pipeline = Pipeline(plan, loaded.checkpoint, on_tensor=LoadProgress(loaded.name))
-        log.info("compiled %s onto %d chips in %d stages", loaded.name, plan.n_chips_used, len(plan.stages))
-        return cls(Engine(loaded, plan, pipeline))
+        executor = PipelineExecutor(plan, loaded.source, on_tensor=LoadProgress(loaded.name))
+        log.info(
+            "compiled %s onto %d chips in %d stages (%s kernels)",
+            loaded.name,
+            plan.n_chips_used,
+            len(plan.stages),
+            executor.backend.name,
+        )
+        return cls(Engine(loaded, plan, executor))
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -85,7 +93,7 @@ class AsyncEngine:
         for request_id in list(self._queues):
             out = self.engine.abort(request_id)
             if out is not None:
-                self._deliver(out)
+                self._deliver([out])
 
     def is_healthy(self) -> bool:
         return self._failed is None and (self._thread is None or self._thread.is_alive())
@@ -133,18 +141,19 @@ class AsyncEngine:
         seq = self.engine.make_sequence(request)
         if request.request_id in self._queues:
             raise ValueError(f"request id {request.request_id!r} is already running")
-        outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        processor = OutputProcessor(self.engine.model.tokenizer, request.params, self.engine.system)
+        outputs: asyncio.Queue[EngineCoreOutput] = asyncio.Queue()
         self._queues[request.request_id] = (asyncio.get_running_loop(), outputs)
         self._submit(seq)
-        finished = False
+        engine_done = False
         try:
-            while not finished:
-                out = await outputs.get()
-                finished = out.finished
-                yield out
+            while not processor.finished:
+                core = await outputs.get()
+                engine_done = core.finished
+                yield processor.process(core)
         finally:
             self._queues.pop(request.request_id, None)
-            if not finished:
+            if not engine_done:  # a stop string, or the consumer went away: the engine still runs it
                 self._submit(request.request_id)
 
     def abort(self, request_id: str) -> None:
@@ -159,14 +168,20 @@ class AsyncEngine:
         self._inbox.put(item)
         self._wake.set()
 
-    def _deliver(self, out: RequestOutput) -> None:
-        target = self._queues.get(out.request_id)
-        if target is None:
-            return
-        loop, outputs = target
-        # A closed loop means nobody is listening any more.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(outputs.put_nowait, out)
+    def _deliver(self, outs: list[EngineCoreOutput]) -> None:
+        """Hands a step's outputs to their requests' queues: one wake-up per event loop, not per token."""
+        by_loop: dict[
+            asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[EngineCoreOutput], EngineCoreOutput]]
+        ]
+        by_loop = {}
+        for out in outs:
+            target = self._queues.get(out.request_id)
+            if target is not None:
+                by_loop.setdefault(target[0], []).append((target[1], out))
+        for loop, items in by_loop.items():
+            # A closed loop means nobody is listening any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_put_all, items)
 
     def _drain_inbox(self) -> None:
         while True:
@@ -180,7 +195,7 @@ class AsyncEngine:
             elif isinstance(item, str):
                 out = self.engine.abort(item)
                 if out is not None:
-                    self._deliver(out)
+                    self._deliver([out])
 
     def _run(self) -> None:
         try:
@@ -190,10 +205,13 @@ class AsyncEngine:
                     self._wake.wait()
                     self._wake.clear()
                     continue
-                for out in self.engine.step():
-                    self._deliver(out)
+                self._deliver(self.engine.step())
         except BaseException as exc:  # a dead engine thread must show in /health, not hang every request
             self._failed = exc
             log.exception("engine thread died")
-            for request_id in list(self._queues):
-                self._deliver(self.engine.fail(request_id, exc))
+            self._deliver([self.engine.fail(request_id, exc) for request_id in list(self._queues)])
+
+
+def _put_all(items: list[tuple[asyncio.Queue[EngineCoreOutput], EngineCoreOutput]]) -> None:
+    for outputs, out in items:
+        outputs.put_nowait(out)

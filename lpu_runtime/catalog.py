@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lpu_runtime.chat_template import DEMO_CHAT_TEMPLATE, ChatTemplate
+from lpu_runtime.checkpoint_source import CheckpointSource, WeightFormat
 from lpu_runtime.compiler import Plan, check_host_memory, compile_model
 from lpu_runtime.config import DEMO_MODEL, MODEL_PRESETS, EngineConfig, ModelConfig, SystemSpec, model_preset
 from lpu_runtime.errors import InvalidRequestError, ModelFileError
@@ -34,8 +35,6 @@ from lpu_runtime.loaders.assets import (
 from lpu_runtime.loaders.gguf import gguf_model_config, load_gguf_checkpoint
 from lpu_runtime.loaders.hf import load_hf_checkpoint, read_hf_config
 from lpu_runtime.loaders.llama2c import load_llama2c_checkpoint, read_llama2c_config
-from lpu_runtime.model import Checkpoint
-from lpu_runtime.synthetic import synthetic_checkpoint
 from lpu_runtime.tokenizer import ByteTokenizer, Tokenizer
 
 DEMO_ALIASES = frozenset({DEMO_MODEL.name, "demo", "default"})
@@ -50,11 +49,15 @@ PRINTABLE_BYTES = (9, 10, *range(32, 127))
 
 @dataclass(frozen=True)
 class LoadedModel:
-    checkpoint: Checkpoint
+    source: CheckpointSource  # the weights, opened by each stage worker for the tensors its chips hold
     tokenizer: Tokenizer
     chat_template: ChatTemplate | None
     name: str  # the id /v1/models shows
     description: str
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.source.config
 
 
 @dataclass(frozen=True)
@@ -95,9 +98,7 @@ def load_model(
             raise KeyError(unknown_model_message(name))
     if max_context is None:
         return loaded
-    ck = loaded.checkpoint
-    config = cap_context(ck.config, max_context)
-    return replace(loaded, checkpoint=Checkpoint(config, ck.loader, ck.source))
+    return replace(loaded, source=replace(loaded.source, config=cap_context(loaded.config, max_context)))
 
 
 def cap_context(config: ModelConfig, max_context: int | None) -> ModelConfig:
@@ -125,7 +126,7 @@ def check_model(
     """Everything `AsyncEngine.create` checks before it reads a weight: the files, tokenizer and template,
     the placement on the system and the host memory the emulated SRAM needs. Returns the description."""
     loaded = load_model(name, tokenizer=tokenizer, chat_template=chat_template, max_context=max_context)
-    check_host_memory(compile_model(loaded.checkpoint.config, system, engine))
+    check_host_memory(compile_model(loaded.config, system, engine))
     return loaded.description
 
 
@@ -181,7 +182,9 @@ def compile_plan(
 def _demo(source: ModelSource) -> LoadedModel:
     tokenizer = ByteTokenizer()
     return LoadedModel(
-        checkpoint=synthetic_checkpoint(DEMO_MODEL, source.seed, favoured_token_ids=PRINTABLE_BYTES),
+        source=CheckpointSource(
+            WeightFormat.SYNTHETIC, DEMO_MODEL, seed=source.seed, favoured_token_ids=PRINTABLE_BYTES
+        ),
         tokenizer=tokenizer,
         chat_template=ChatTemplate(
             DEMO_CHAT_TEMPLATE, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token
@@ -222,7 +225,9 @@ def _synthetic(source: ModelSource) -> LoadedModel:
         f"tokenizer: {assets.tokenizer_origin}. Its text is noise: it exists for benchmarks and planning."
     )
     return LoadedModel(
-        checkpoint=synthetic_checkpoint(replace(config, description=description), source.seed),
+        source=CheckpointSource(
+            WeightFormat.SYNTHETIC, replace(config, description=description), seed=source.seed
+        ),
         tokenizer=assets.padded_to(config.vocab_size),
         chat_template=assets.chat_template,
         name=source.model,
@@ -256,23 +261,27 @@ def _hf_dir(path: Path) -> Path:
 def _from_path(source: ModelSource, path: Path, served_name: str) -> LoadedModel:
     kind = _kind(path)
     tokenizer_path = Path(source.tokenizer).expanduser() if source.tokenizer else None
+    # Opening a checkpoint reads its headers and checks every tensor's name, shape and type; the weights
+    # themselves stay on disk until the stage workers read their rows.
     if kind == "hf":
         directory = _hf_dir(path)
-        checkpoint = load_hf_checkpoint(directory, served_name)
+        cfg = load_hf_checkpoint(directory, served_name).config
+        weights = CheckpointSource(WeightFormat.HF, cfg, str(directory))
         assets = assets_for_hf_dir(directory, tokenizer_path)
         fmt = "HuggingFace safetensors"
     elif kind == "gguf":
         gguf = GGUFFile(path)
-        checkpoint = load_gguf_checkpoint(path, served_name, gguf)
+        cfg = load_gguf_checkpoint(path, served_name, gguf).config
+        weights = CheckpointSource(WeightFormat.GGUF, cfg, str(path))
         assets = assets_for_gguf(gguf, tokenizer_path)
         fmt = "GGUF"
     else:
-        checkpoint = load_llama2c_checkpoint(path, served_name)
-        assets = assets_for_llama2c(path, tokenizer_path, checkpoint.config.vocab_size)
+        cfg = load_llama2c_checkpoint(path, served_name).config
+        weights = CheckpointSource(WeightFormat.LLAMA2C, cfg, str(path))
+        assets = assets_for_llama2c(path, tokenizer_path, cfg.vocab_size)
         fmt = "llama2.c"
     if source.chat_template is not None:
         assets = assets.with_template_file(Path(source.chat_template).expanduser())
-    cfg = checkpoint.config
     template = "none (chat requests are refused; use completions)"
     if assets.chat_template is not None:
         template = assets.template_origin
@@ -282,7 +291,7 @@ def _from_path(source: ModelSource, path: Path, served_name: str) -> LoadedModel
         f"context {cfg.max_context}; tokenizer: {assets.tokenizer_origin}; chat template: {template}"
     )
     return LoadedModel(
-        checkpoint=checkpoint,
+        source=weights,
         tokenizer=assets.padded_to(cfg.vocab_size),
         chat_template=assets.chat_template,
         name=served_name,

@@ -1,27 +1,45 @@
 """One emulated chip: its SRAM bytes, the tensors resident there, and the kernels that read them.
 
-A chip's kernels take their weights and KV cache only from views into its own SRAM; the performance model
-charges every op to the chip's cycle counters.
+Every weight, scale, bias, KV cache and buffer is a numpy view into the chip's one SRAM byte array, and its
+linear ops are prepared once from those views (never from copies), so the SRAM is the only place the
+chip's weights live. Each op charges the chip its cycles for every micro-batch of the step separately
+(the host computes the step's micro-batches together; the emulated pipeline runs them one behind another).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
 
 from lpu_runtime import perfmodel
+from lpu_runtime.backend import KernelBackend, PreparedLinear, QuantizedActs
 from lpu_runtime.compiler import ChipPlan, TensorShard
 from lpu_runtime.config import ChipSpec
 from lpu_runtime.errors import SramOverflowError
-from lpu_runtime.gemm import Int8Gemm, int8_linear
-from lpu_runtime.kernels import causal_attention
 from lpu_runtime.model import TokenBatch
+from lpu_runtime.sram import RegionKind
+
+F32 = NDArray[np.float32]
+
+
+@lru_cache(maxsize=8192)
+def linear_costs(chip: ChipSpec, tokens: tuple[int, ...], rows: int, cols: int) -> tuple[int, ...]:
+    """Cycles of an int8 GEMM for each micro-batch's token count."""
+    return tuple(perfmodel.linear_cycles(chip, n, rows, cols) for n in tokens)
+
+
+@lru_cache(maxsize=8192)
+def gather_costs(chip: ChipSpec, tokens: tuple[int, ...], row_bytes: int, group: int) -> tuple[int, ...]:
+    """Cycles of an all-gather of `row_bytes` per token per chip, for each micro-batch."""
+    return tuple(perfmodel.allgather_cycles(chip, n * row_bytes, group) for n in tokens)
 
 
 class Chip:
-    def __init__(self, plan: ChipPlan, spec: ChipSpec, gemm: Int8Gemm) -> None:
+    def __init__(self, plan: ChipPlan, spec: ChipSpec, backend: KernelBackend) -> None:
         if plan.used_bytes > spec.sram_bytes:
             raise SramOverflowError(
                 f"chip {plan.chip_id}: plan uses {plan.used_bytes:,} bytes, SRAM holds {spec.sram_bytes:,}"
@@ -33,7 +51,7 @@ class Chip:
         self.chip_id = plan.chip_id
         self.plan = plan
         self.spec = spec
-        self.gemm = gemm
+        self.backend = backend
         # Only the planned high-water mark is backed by host memory; pages are touched as they are written.
         self.sram = np.empty(plan.used_bytes, dtype=np.uint8)  # (used_bytes,) uint8
         self._views: dict[str, np.ndarray] = {}
@@ -41,8 +59,19 @@ class Chip:
             raw = self.sram[region.offset : region.end]
             self._views[shard.tensor] = raw.view(np.dtype(shard.dtype)).reshape(shard.shape)
         self.shards: dict[str, TensorShard] = {s.tensor: s for s in plan.shards}
+        # Prepared once from the SRAM views: the kernels read the chip's own bytes on every call.
+        self._linears: dict[str, PreparedLinear] = {
+            s.tensor: backend.prepare_linear(
+                self._views[s.tensor], self._views[f"{s.tensor}.scale"], self._views.get(f"{s.tensor}.bias")
+            )
+            for s in plan.shards
+            if s.kind is RegionKind.WEIGHT and s.dtype == "int8" and s.tensor != "tok_embeddings"
+        }
         self.busy_cycles = 0  # cycles spent on ops since start
-        self.step_cycles = 0  # cycles of the current pipeline stage, reset by the pipeline
+        self.micro_tokens: tuple[int, ...] = (0,)  # tokens of each micro-batch of the current step
+        self.micro_seqs: tuple[int, ...] = (0,)  # sequences of each micro-batch of the current step
+        self.step_cycles = [0]  # cycles of each micro-batch in the current step
+        self._attention_costs: tuple[TokenBatch | None, list[int]] = (None, [])
 
     def tensor(self, name: str) -> np.ndarray:
         """A view of a resident tensor, straight into this chip's SRAM."""
@@ -55,51 +84,59 @@ class Chip:
             raise ValueError(f"chip {self.chip_id}: {name} expects shape {view.shape}, got {value.shape}")
         view[...] = value
 
-    def charge(self, cycles: int) -> None:
-        self.busy_cycles += cycles
-        self.step_cycles += cycles
+    def begin_step(self, batch: TokenBatch) -> None:
+        self.micro_tokens = batch.micro_tokens
+        self.micro_seqs = batch.micro_seq_counts
+        self.step_cycles = [0] * len(self.micro_tokens)
 
-    def linear(self, x: NDArray[np.float32], name: str) -> NDArray[np.float32]:
-        """x: (n_tokens, in) float32 times this chip's int8 shard of `name` -> (n_tokens, rows) float32."""
-        w = self._views[name]  # (rows, in) int8
-        self.charge(perfmodel.linear_cycles(self.spec, x.shape[0], w.shape[0], w.shape[1]))
-        y = int8_linear(x, w, self._views[f"{name}.scale"], self.gemm)
-        bias = self._views.get(f"{name}.bias")  # (rows,) float32, only on biased projections
-        return y if bias is None else y + bias
+    def charge(self, cycles: Sequence[int]) -> None:
+        """Charges each micro-batch of the step its cycles."""
+        self.step_cycles = [a + b for a, b in zip(self.step_cycles, cycles, strict=True)]
+        self.busy_cycles += sum(cycles)
 
-    def embed(self, token_ids: NDArray[np.int64]) -> tuple[NDArray[np.bool_], NDArray[np.float32]]:
-        """Rows of the embedding table this chip holds: (mask of tokens it owns, (n_owned, dim) float32)."""
+    def cols(self, name: str) -> int:
+        """Input features of a resident matrix."""
+        return int(self._views[name].shape[1])
+
+    def linear(self, x: QuantizedActs, name: str, out: F32, cycles: Sequence[int]) -> None:
+        """x (n, in) int8 times this chip's int8 shard of `name`, written into out (n, rows) float32; charges
+        each micro-batch its `cycles` (the caller's cost of the op, computed once per shape)."""
+        self.charge(cycles)
+        self._linears[name](x, out)
+
+    def embed(self, token_ids: NDArray[np.int64], out: F32) -> None:
+        """Writes the rows of the embedding table this chip holds into out (n_tokens, dim) float32.
+
+        Every chip of the group is charged the lookup of every token, whichever shard holds it (a
+        vocabulary shard cannot know in advance which tokens will be its own).
+        """
         start, stop = self.shards["tok_embeddings"].rows
         owned = (token_ids >= start) & (token_ids < stop)
         local = token_ids[owned] - start
         table = self._views["tok_embeddings"]  # (rows, dim) int8
-        rows = table[local].astype(np.float32) * self._views["tok_embeddings.scale"][local][:, None]
-        self.charge(perfmodel.op_cycles(self.spec, bytes_moved=rows.size * 5))
-        return owned, rows
+        out[owned] = table[local].astype(np.float32) * self._views["tok_embeddings.scale"][local][:, None]
+        dim = table.shape[1]
+        self.charge([perfmodel.op_cycles(self.spec, bytes_moved=n * dim * 5) for n in self.micro_tokens])
 
     def attention(
-        self,
-        layer: int,
-        q: NDArray[np.float32],
-        k: NDArray[np.float32],
-        v: NDArray[np.float32],
-        batch: TokenBatch,
-    ) -> NDArray[np.float32]:
-        """Attention over this chip's KV heads, with its KV cache in its SRAM (fp16).
+        self, layer: int, q: F32, k: F32, v: F32, batch: TokenBatch, out: F32, n_heads: int
+    ) -> None:
+        """Stores this step's k, v in this chip's fp16 KV cache, then attends over its KV heads into out.
 
-        q: (n_tokens, local_heads, head_dim); k, v: (n_tokens, local_kv_heads, head_dim) float32.
+        q, out: (n_tokens, local_heads, head_dim); k, v: (n_tokens, local_kv_heads, head_dim) float32.
         """
         k_cache = self._views[f"layers.{layer}.k_cache"]  # (kv_tokens, local_kv_heads, head_dim) float16
         v_cache = self._views[f"layers.{layer}.v_cache"]
-        out = np.empty_like(q)
-        for s in batch.seqs:
-            rows = slice(s.row, s.row + s.n_tokens)
-            new_slots = s.kv_slots[s.start_pos : s.start_pos + s.n_tokens]
-            k_cache[new_slots] = k[rows]
-            v_cache[new_slots] = v[rows]
-            keys = k_cache[s.kv_slots].astype(np.float32)  # (n_ctx, local_kv_heads, head_dim)
-            values = v_cache[s.kv_slots].astype(np.float32)
-            out[rows] = causal_attention(q[rows], keys, values, s.start_pos)
-        seqs = [(s.n_tokens, len(s.kv_slots)) for s in batch.seqs]  # one batched op over every sequence
-        self.charge(perfmodel.attention_cycles(self.spec, seqs, q.shape[1], k.shape[1], q.shape[2]))
-        return out
+        paged = batch.paged
+        k_cache[paged.new_slots] = k
+        v_cache[paged.new_slots] = v
+        self.backend.attention(q, k_cache, v_cache, paged, out)
+        # Every layer of the step attends over the same contexts with the same heads: cost it once.
+        if self._attention_costs[0] is not batch:
+            kv_heads, head_dim = k_cache.shape[1], k_cache.shape[2]
+            costs = [
+                perfmodel.attention_cycles(self.spec, seqs, n_heads, kv_heads, head_dim)
+                for seqs in batch.micro_contexts
+            ]
+            self._attention_costs = (batch, costs)
+        self.charge(self._attention_costs[1])

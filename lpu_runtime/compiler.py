@@ -124,14 +124,17 @@ class Plan:
         hops = 1 if src_chip // per_node == dst_chip // per_node else 2
         return perfmodel.link_cycles(self.system.chip, nbytes, hops)
 
+    def transfer_cycles(self, stage: int, n_tokens: int) -> int:
+        """Activations (n_tokens, dim) fp32 from stage `stage`'s first chip to every chip of the next one, over
+        parallel links: the slowest receiver."""
+        nbytes = n_tokens * self.model.dim * FP32_BYTES
+        src = self.stages[stage].chips[0]
+        return max(self.hop_cycles(src, c, nbytes) for c in self.stages[stage + 1].chips)
+
     @property
     def est_decode_cycles(self) -> int:
-        """One token through every stage plus the hops between them, batch 1 (as link.py: the slowest receiver)."""
-        act = self.model.dim * FP32_BYTES
-        hops = sum(
-            max(self.hop_cycles(a.chips[0], c, act) for c in b.chips)
-            for a, b in zip(self.stages, self.stages[1:], strict=False)
-        )
+        """One token through every stage plus the hops between them, batch 1."""
+        hops = sum(self.transfer_cycles(i, 1) for i in range(len(self.stages) - 1))
         return sum(s.est_cycles for s in self.stages) + hops
 
     def render(self) -> str:

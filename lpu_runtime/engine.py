@@ -1,6 +1,7 @@
-"""The engine step: schedule -> execute on the chip pipeline -> sample -> update.
+"""The engine step: schedule -> execute on the pipelined chips -> sample -> update.
 
 `Engine` is single-threaded: only the engine thread (see async_engine.py) calls `step`, `add` and `abort`.
+It speaks tokens only; text is made on the output side (output_processor.py).
 """
 
 from __future__ import annotations
@@ -11,42 +12,41 @@ from collections.abc import Callable
 import numpy as np
 
 from lpu_runtime.catalog import LoadedModel
-from lpu_runtime.clock import SimClock
 from lpu_runtime.compiler import Plan
 from lpu_runtime.errors import ContextLengthExceededError, InvalidRequestError
+from lpu_runtime.executor import PipelineExecutor
 from lpu_runtime.kv_cache import BlockAllocator
 from lpu_runtime.model import SeqSlice, TokenBatch
-from lpu_runtime.pipeline import Pipeline
+from lpu_runtime.output_processor import EmulatedSystem
 from lpu_runtime.sampler import Sampler
-from lpu_runtime.scheduler import Scheduled, Scheduler, Sequence
+from lpu_runtime.scheduler import Scheduler, SchedulerOutput, Sequence, StepOutput
 from lpu_runtime.sram import RegionKind
-from lpu_runtime.stop import StopMatcher
-from lpu_runtime.tokenizer import IncrementalDetokenizer
 from lpu_runtime.types import (
     ChipStats,
-    EmulatedTimings,
+    EngineCoreOutput,
     EngineStats,
     FinishReason,
     GenerationRequest,
-    HostTimings,
-    RequestOutput,
 )
 
 
 class Engine:
     def __init__(
-        self, model: LoadedModel, plan: Plan, pipeline: Pipeline, now: Callable[[], float] = time.monotonic
+        self,
+        model: LoadedModel,
+        plan: Plan,
+        executor: PipelineExecutor,
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
         self.model = model
         self.plan = plan
-        self.pipeline = pipeline
-        self.clock = SimClock(plan.system.chip.clock_hz)
+        self.executor = executor
         self.allocator = BlockAllocator(plan.kv_blocks, plan.engine.kv_block_tokens)
-        self.scheduler = Scheduler(plan.engine, self.allocator)
+        self.scheduler = Scheduler(plan.engine, self.allocator, model.tokenizer.eos_ids, now)
         self.now = now
         self.steps = 0
-        self.stage_busy_cycles = [0] * len(plan.stages)  # cycles, summed over steps
-        self.link_cycles = 0  # cycles, summed over steps
+        self.samplers: dict[str, Sampler] = {}
+        self.system = EmulatedSystem(plan.system.chip.clock_hz, plan.n_chips_used, len(plan.stages))
         tok = model.tokenizer
         self._banned = frozenset({tok.bos_id} if tok.bos_id is not None else ())
 
@@ -88,140 +88,96 @@ class Engine:
         if bad:
             raise InvalidRequestError("prompt", f"token id {bad[0]} is outside the vocabulary [0, {vocab})")
         max_tokens = self.resolve_max_tokens(len(request.prompt_token_ids), request.params.max_tokens)
-        return Sequence(
-            request=request,
-            max_tokens=max_tokens,
-            sampler=Sampler(request.params, vocab, banned_ids=self._banned),
-            detokenizer=IncrementalDetokenizer(self.model.tokenizer),
-            stops=StopMatcher(request.params.stop),
-            arrival=self.now(),
-        )
+        return Sequence(request=request, max_tokens=max_tokens, arrival=self.now())
 
     def add(self, seq: Sequence) -> None:
+        # The emulated present: the latest micro-batch's entry while the pipeline works, its drain when idle.
+        timeline = self.executor.timeline
+        seq.arrival_cycles = timeline.now if self.scheduler.has_work() else timeline.end
         self.scheduler.add(seq)
+        self.samplers[seq.request_id] = Sampler(
+            seq.request.params, self.plan.model.vocab_size, banned_ids=self._banned
+        )
 
-    def abort(self, request_id: str) -> RequestOutput | None:
+    def abort(self, request_id: str) -> EngineCoreOutput | None:
         seq = self.scheduler.remove(request_id)
         if seq is None:
             return None
+        self.samplers.pop(request_id, None)
         seq.finish_reason = FinishReason.ABORT
-        return self._output(seq, (), "")
+        return self.scheduler.output(seq, (), self.now())
 
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
     # -- the step --------------------------------------------------------------------------------------
 
-    def step(self) -> list[RequestOutput]:
+    def step(self) -> list[EngineCoreOutput]:
         scheduled = self.scheduler.schedule()
-        if not scheduled:
+        if not scheduled.chunks:
             return []
-        now = self.now()
-        for s in scheduled:
-            if s.seq.scheduled_at is None:
-                s.seq.scheduled_at = now
+        batch, ready = self._batch(scheduled)
         try:
-            logits, cost = self.pipeline.forward(self._batch(scheduled))
+            result = self.executor.execute(batch, ready)
         except Exception as exc:  # a failed step must not strand its requests: fail them, keep serving
-            return [self._fail(s.seq, exc) for s in scheduled]
-        self.clock.advance(cost.cycles)
+            return [self._fail(c.request_id, exc) for c in scheduled.chunks]
         self.steps += 1
-        for stage, cycles in enumerate(cost.stage_cycles):
-            self.stage_busy_cycles[stage] += cycles
-        self.link_cycles += cost.link_cycles
-        outputs = []
-        for i, s in enumerate(scheduled):
-            seq = s.seq
-            samples = s.samples
-            seq.num_computed += s.n_tokens
-            if seq.output_ids:
-                seq.completion_cycles += cost.cycles
-            else:
-                seq.prompt_cycles += cost.cycles
-            if samples:
-                outputs.append(self._append(seq, seq.sampler.sample(logits[i])))
+        sampled: list[int | None] = []
+        for i, chunk in enumerate(scheduled.chunks):
+            sampled.append(
+                self.samplers[chunk.request_id].sample(result.logits[i]) if chunk.samples else None
+            )
+        done = [0] * len(scheduled.chunks)
+        bounds = batch.micro_bounds
+        for j, times in enumerate(result.times):
+            done[bounds[j] : bounds[j + 1]] = [times.done] * (bounds[j + 1] - bounds[j])
+        outputs = self.scheduler.update(scheduled, StepOutput(tuple(sampled), tuple(done)))
+        for out in outputs:
+            if out.finished:
+                self.samplers.pop(out.request_id, None)
         return outputs
 
-    def _batch(self, scheduled: list[Scheduled]) -> TokenBatch:
+    def _batch(self, scheduled: SchedulerOutput) -> tuple[TokenBatch, list[int]]:
         ids: list[int] = []
         positions: list[int] = []
         seqs: list[SeqSlice] = []
         row = 0
-        for s in scheduled:
-            start = s.seq.num_computed
-            ids.extend(s.seq.token(p) for p in range(start, start + s.n_tokens))
-            positions.extend(range(start, start + s.n_tokens))
-            slots = self.allocator.slots(s.seq.blocks, start + s.n_tokens)
-            seqs.append(SeqSlice(row, s.n_tokens, start, slots))
-            row += s.n_tokens
-        return TokenBatch(np.asarray(ids, dtype=np.int64), np.asarray(positions, dtype=np.int64), tuple(seqs))
-
-    def _append(self, seq: Sequence, token: int) -> RequestOutput:
-        if seq.first_token_at is None:
-            seq.first_token_at = self.now()
-        seq.output_ids.append(token)
-        params = seq.request.params
-        text, hit_stop = seq.stops.push(seq.detokenizer.push(token))
-        is_eos = not params.ignore_eos and token in self.model.tokenizer.eos_ids
-        if hit_stop or is_eos or token in params.stop_token_ids:
-            seq.finish_reason = FinishReason.STOP
-        elif len(seq.output_ids) >= seq.max_tokens:
-            seq.finish_reason = FinishReason.LENGTH
-        if seq.finish_reason is not None:
-            if not hit_stop:
-                tail, hit_stop = seq.stops.push(seq.detokenizer.flush())
-                text += tail if hit_stop else tail + seq.stops.flush()
-                if hit_stop:
-                    seq.finish_reason = FinishReason.STOP
-            self.scheduler.finish(seq)
-        return self._output(seq, (token,), text)
-
-    def fail(self, request_id: str, exc: BaseException) -> RequestOutput:
-        """Ends a request with an error, whether it is queued, running or not yet handed to the engine."""
-        seq = self.scheduler.remove(request_id)
-        if seq is None:
-            return RequestOutput(request_id, (), "", 0, 0, True, FinishReason.ERROR, error=_describe(exc))
-        return self._fail(seq, exc)
-
-    def _fail(self, seq: Sequence, exc: BaseException) -> RequestOutput:
-        self.scheduler.remove(seq.request_id)
-        seq.finish_reason = FinishReason.ERROR
-        return self._output(seq, (), "", error=_describe(exc))
-
-    def _output(
-        self, seq: Sequence, new_ids: tuple[int, ...], text: str, error: str | None = None
-    ) -> RequestOutput:
-        finished = seq.finish_reason is not None
-        host = HostTimings()
-        if finished:
-            end = self.now()
-            scheduled = seq.scheduled_at if seq.scheduled_at is not None else end
-            first = seq.first_token_at if seq.first_token_at is not None else end
-            host = HostTimings(scheduled - seq.arrival, first - scheduled, end - first)
-        return RequestOutput(
-            request_id=seq.request_id,
-            new_token_ids=new_ids,
-            new_text=text,
-            prompt_tokens=seq.num_prompt,
-            completion_tokens=len(seq.output_ids),
-            finished=finished,
-            finish_reason=seq.finish_reason,
-            host=host,
-            emulated=EmulatedTimings(
-                prompt_cycles=seq.prompt_cycles,
-                completion_cycles=seq.completion_cycles,
-                clock_hz=self.clock.clock_hz,
-                n_chips=self.plan.n_chips_used,
-                n_stages=len(self.plan.stages),
-            ),
-            error=error,
+        for c in scheduled.chunks:
+            n = len(c.token_ids)
+            ids.extend(c.token_ids)
+            positions.extend(range(c.start, c.start + n))
+            seqs.append(SeqSlice(row, n, c.start, self.allocator.slots(list(c.block_ids), c.start + n)))
+            row += n
+        n_ctx = (sum(c.start for c in scheduled.chunks) + scheduled.n_tokens) // len(scheduled.chunks)
+        bounds = self.executor.micro_bounds([len(c.token_ids) for c in scheduled.chunks], n_ctx)
+        ready = [
+            max(c.ready_cycles for c in scheduled.chunks[bounds[j] : bounds[j + 1]])
+            for j in range(len(bounds) - 1)
+        ]
+        batch = TokenBatch(
+            np.asarray(ids, dtype=np.int64), np.asarray(positions, dtype=np.int64), tuple(seqs), bounds
         )
+        return batch, ready
+
+    def fail(self, request_id: str, exc: BaseException) -> EngineCoreOutput:
+        """Ends a request with an error, whether it is queued, running or not yet handed to the engine."""
+        if self.scheduler.get(request_id) is None:
+            return EngineCoreOutput(request_id, (), 0, 0, True, FinishReason.ERROR, error=_describe(exc))
+        return self._fail(request_id, exc)
+
+    def _fail(self, request_id: str, exc: BaseException) -> EngineCoreOutput:
+        seq = self.scheduler.remove(request_id)
+        assert seq is not None
+        self.samplers.pop(request_id, None)
+        seq.finish_reason = FinishReason.ERROR
+        return self.scheduler.output(seq, (), self.now(), error=_describe(exc))
 
     # -- introspection ---------------------------------------------------------------------------------
 
     def stats(self) -> EngineStats:
         alloc = self.allocator
         used_fraction = alloc.used_blocks / alloc.n_blocks if alloc.n_blocks else 0.0
+        timeline = self.executor.timeline
         chips = tuple(
             ChipStats(
                 chip_id=chip.chip_id,
@@ -233,19 +189,20 @@ class Engine:
                 busy_cycles=chip.busy_cycles,
                 stage=chip.plan.stage,
             )
-            for chip in self.pipeline.chips
+            for chip in self.executor.chips
         )
         return EngineStats(
             running=len(self.scheduler.running),
             waiting=len(self.scheduler.waiting),
             kv_blocks_total=alloc.n_blocks,
             kv_blocks_used=alloc.used_blocks,
-            emulated_cycles=self.clock.cycles,
+            emulated_cycles=timeline.end,
             steps=self.steps,
             chips=chips,
-            clock_hz=self.clock.clock_hz,
-            stage_busy_cycles=tuple(self.stage_busy_cycles),
-            link_cycles=self.link_cycles,
+            clock_hz=self.system.clock_hz,
+            stage_busy_cycles=tuple(timeline.busy),
+            link_cycles=timeline.link_cycles,
+            micro_batches=timeline.micro_batches,
         )
 
 

@@ -56,8 +56,18 @@ def int8_linear(
     """y = x @ W.T with x quantized per token and W per output channel.
 
     x: (M, K) float32; w_q: (N, K) int8; w_scale: (N,) float32 -> (M, N) float32.
-    Both scales are applied once, after the exact integer sum.
     """
     x_q, x_scale = quantize_activations(x)
+    return scaled_int8_gemm(x_q, x_scale, w_q, w_scale, gemm)
+
+
+def scaled_int8_gemm(
+    x_q: NDArray[np.int8],
+    x_scale: NDArray[np.float32],
+    w_q: NDArray[np.int8],
+    w_scale: NDArray[np.float32],
+    gemm: Int8Gemm,
+) -> NDArray[np.float32]:
+    """The exact int32 sum of x_q @ w_q.T with both scales applied once, after it: (M, N) float32."""
     acc = gemm(x_q, w_q)  # (M, N) int32
     return acc.astype(np.float32) * x_scale[:, None] * w_scale[None, :]

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from functools import cached_property, partial
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,6 +19,10 @@ from lpu_runtime.errors import ModelFileError
 from lpu_runtime.kernels import RopeTables, causal_attention, rmsnorm, silu
 
 F32 = NDArray[np.float32]
+I64 = NDArray[np.int64]
+A = TypeVar(
+    "A"
+)  # the form a projection reads its input in: float32 for the reference, int8 + scales on chips
 
 
 LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w1", "w3", "w2")
@@ -68,7 +73,7 @@ class Checkpoint:
 
     config: ModelConfig
     loader: TensorLoader
-    source: str = "in-memory weights"  # the file or origin, named in errors
+    origin: str = "in-memory weights"  # the file or origin, named in errors
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -81,22 +86,31 @@ class Checkpoint:
         value = self.loader(name)
         if value.shape != shape or value.dtype != np.float32:
             raise ModelFileError(
-                self.source, f"tensor {name} is {value.dtype} {value.shape}, expected float32 {shape}"
+                self.origin, f"tensor {name} is {value.dtype} {value.shape}, expected float32 {shape}"
             )
         return value
 
+    def rows(self, name: str, start: int, stop: int) -> F32:
+        """Rows [start, stop) of a tensor (the whole vector for a 1-D one): what one stage's chips hold."""
+        value = self.tensor(name)
+        return value if value.ndim == 1 else value[start:stop]
+
+    def open(self) -> Checkpoint:
+        """Already open: lets in-process workers take a Checkpoint wherever a CheckpointSource goes."""
+        return self
+
     @classmethod
     def from_arrays(
-        cls, config: ModelConfig, arrays: Mapping[str, F32], source: str = "in-memory weights"
+        cls, config: ModelConfig, arrays: Mapping[str, F32], origin: str = "in-memory weights"
     ) -> Checkpoint:
         missing = [n for n in tensor_shapes(config) if n not in arrays]
         if missing:
-            raise ModelFileError(source, f"misses tensor {missing[0]} ({len(missing)} missing)")
-        return cls(config, arrays.__getitem__, source)
+            raise ModelFileError(origin, f"misses tensor {missing[0]} ({len(missing)} missing)")
+        return cls(config, arrays.__getitem__, origin)
 
     def materialize(self) -> Checkpoint:
         """Every tensor loaded once and held in memory (for the reference model and small checkpoints)."""
-        return Checkpoint.from_arrays(self.config, {n: self.tensor(n) for n in self.names}, self.source)
+        return Checkpoint.from_arrays(self.config, {n: self.tensor(n) for n in self.names}, self.origin)
 
 
 @dataclass(frozen=True)
@@ -106,25 +120,82 @@ class SeqSlice:
     row: int  # first row of this sequence in the batch
     n_tokens: int  # rows it has in this step
     start_pos: int  # position of its first row; it attends to positions 0 .. start_pos + n_tokens - 1
-    kv_slots: NDArray[np.int64]  # (start_pos + n_tokens,) KV-cache slot of each position
+    kv_slots: I64  # (start_pos + n_tokens,) KV-cache slot of each position
+
+
+@dataclass(frozen=True)
+class PagedBatch:
+    """A step's sequences as flat arrays: what batched attention over a paged KV cache reads."""
+
+    seq_rows: I64  # (n_seqs + 1,) first row of each sequence, then n_tokens
+    start_pos: I64  # (n_seqs,) position of each sequence's first row
+    slot_offsets: I64  # (n_seqs + 1,) where each sequence's slot table starts in `slots`, then its length
+    slots: I64  # (sum of contexts,) KV-cache slot of every position of every sequence
+    new_slots: I64  # (n_tokens,) slot of each row: where its k and v are stored
 
 
 @dataclass(frozen=True)
 class TokenBatch:
-    """The tokens of one step: sequences laid end to end, as vLLM's flattened batches."""
+    """The tokens of one step: sequences laid end to end, as vLLM's flattened batches.
 
-    token_ids: NDArray[np.int64]  # (n_tokens,)
-    positions: NDArray[np.int64]  # (n_tokens,)
+    `micro` splits the sequences into the micro-batches the emulated pipeline runs one behind another:
+    micro-batch j holds seqs[micro[j]:micro[j + 1]]. The host computes the step as one batch (every row's
+    result is independent of the others'), and each op charges every micro-batch its own cycles.
+    """
+
+    token_ids: I64  # (n_tokens,)
+    positions: I64  # (n_tokens,)
     seqs: tuple[SeqSlice, ...]
+    micro: tuple[int, ...] = ()  # sequence boundaries, from 0 to len(seqs); () is one micro-batch of all
 
     @property
     def n_tokens(self) -> int:
         return int(self.token_ids.shape[0])
 
-    @property
-    def last_rows(self) -> NDArray[np.int64]:
+    @cached_property
+    def last_rows(self) -> I64:
         """Row of each sequence's last token: the rows whose logits get sampled."""
         return np.array([s.row + s.n_tokens - 1 for s in self.seqs], dtype=np.int64)
+
+    @cached_property
+    def micro_bounds(self) -> tuple[int, ...]:
+        return self.micro or (0, len(self.seqs))
+
+    @cached_property
+    def micro_tokens(self) -> tuple[int, ...]:
+        """Tokens of each micro-batch."""
+        b = self.micro_bounds
+        return tuple(sum(s.n_tokens for s in self.seqs[b[j] : b[j + 1]]) for j in range(len(b) - 1))
+
+    @cached_property
+    def micro_seq_counts(self) -> tuple[int, ...]:
+        b = self.micro_bounds
+        return tuple(b[j + 1] - b[j] for j in range(len(b) - 1))
+
+    @cached_property
+    def micro_contexts(self) -> tuple[tuple[tuple[int, int], ...], ...]:
+        """Per micro-batch, (new tokens, positions attended) of each sequence: what its attention costs."""
+        b = self.micro_bounds
+        return tuple(
+            tuple((s.n_tokens, len(s.kv_slots)) for s in self.seqs[b[j] : b[j + 1]])
+            for j in range(len(b) - 1)
+        )
+
+    @cached_property
+    def paged(self) -> PagedBatch:
+        seq_rows = np.array([*(s.row for s in self.seqs), self.n_tokens], dtype=np.int64)
+        lengths = [len(s.kv_slots) for s in self.seqs]
+        slot_offsets = np.zeros(len(self.seqs) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=slot_offsets[1:])
+        slots = np.concatenate([s.kv_slots for s in self.seqs]) if self.seqs else np.zeros(0, np.int64)
+        new = [s.kv_slots[s.start_pos : s.start_pos + s.n_tokens] for s in self.seqs]
+        return PagedBatch(
+            seq_rows=seq_rows,
+            start_pos=np.array([s.start_pos for s in self.seqs], dtype=np.int64),
+            slot_offsets=slot_offsets,
+            slots=slots.astype(np.int64, copy=False),
+            new_slots=np.concatenate(new).astype(np.int64, copy=False) if new else np.zeros(0, np.int64),
+        )
 
     @classmethod
     def single(cls, token_ids: Sequence[int]) -> TokenBatch:
@@ -133,12 +204,6 @@ class TokenBatch:
         ids = np.asarray(token_ids, dtype=np.int64)
         pos = np.arange(n, dtype=np.int64)
         return cls(ids, pos, (SeqSlice(0, n, 0, pos.copy()),))
-
-
-class Linear(Protocol):
-    def __call__(self, x: F32) -> F32:
-        """x: (n_tokens, in_features) -> (n_tokens, out_features) float32."""
-        ...
 
 
 class Attention(Protocol):
@@ -151,32 +216,39 @@ class Attention(Protocol):
 
 
 @dataclass(frozen=True)
-class LayerOps:
-    attn_norm: F32  # (dim,)
-    ffn_norm: F32  # (dim,)
-    wq: Linear
-    wk: Linear
-    wv: Linear
-    wo: Linear
-    w1: Linear
-    w3: Linear
-    w2: Linear
+class LayerOps(Generic[A]):
+    """One decoder layer's operations. A projection reads its input in form A, which the norms, `act` and
+    `swiglu` produce: float32 for the reference, int8 with per-token scales on the chips, so an activation
+    is quantized once however many matrices and tensor-parallel ranks read it."""
+
+    attn_norm: Callable[[F32], A]  # RMSNorm of the residual stream, (n_tokens, dim)
+    ffn_norm: Callable[[F32], A]
+    wq: Callable[[A], F32]
+    wk: Callable[[A], F32]
+    wv: Callable[[A], F32]
+    wo: Callable[[A], F32]
+    w1: Callable[[A], F32]
+    w3: Callable[[A], F32]
+    w2: Callable[[A], F32]
     attention: Attention
+    act: Callable[[F32], A]  # the attention output, as wo reads it
+    swiglu: Callable[[F32, F32], A]  # silu(gate) * up, as w2 reads it
+    rope: Callable[[F32, I64], F32]  # rotary embedding of (n_tokens, heads, head_dim) at the positions
 
 
-def decoder_layer(x: F32, ops: LayerOps, config: ModelConfig, rope: RopeTables, batch: TokenBatch) -> F32:
+def decoder_layer(x: F32, ops: LayerOps[A], config: ModelConfig, batch: TokenBatch) -> F32:
     """x: (n_tokens, dim) float32 residual stream -> the same after one pre-norm attention + SwiGLU block."""
     n = x.shape[0]
-    h = rmsnorm(x, ops.attn_norm, config.norm_eps)
+    h = ops.attn_norm(x)
     q = ops.wq(h).reshape(n, config.n_heads, config.head_dim)
     k = ops.wk(h).reshape(n, config.n_kv_heads, config.head_dim)
     v = ops.wv(h).reshape(n, config.n_kv_heads, config.head_dim)
-    q = rope.apply(q, batch.positions)
-    k = rope.apply(k, batch.positions)
+    q = ops.rope(q, batch.positions)
+    k = ops.rope(k, batch.positions)
     attn = ops.attention(q, k, v, batch).reshape(n, config.q_dim)
-    x = x + ops.wo(attn)
-    h = rmsnorm(x, ops.ffn_norm, config.norm_eps)
-    return x + ops.w2(silu(ops.w1(h)) * ops.w3(h))
+    x = x + ops.wo(ops.act(attn))
+    h = ops.ffn_norm(x)
+    return x + ops.w2(ops.swiglu(ops.w1(h), ops.w3(h)))
 
 
 @dataclass(frozen=True)
@@ -187,6 +259,14 @@ class DenseLinear:
     def __call__(self, x: F32) -> F32:
         y: F32 = x @ self.w.T
         return y if self.bias is None else y + self.bias
+
+
+def _unchanged(x: F32) -> F32:
+    return x
+
+
+def _swiglu(gate: F32, up: F32) -> F32:
+    return silu(gate) * up
 
 
 class DenseKVAttention:
@@ -225,11 +305,14 @@ class ReferenceModel:
             return DenseLinear(t(f"{p}.{name}"), t(f"{p}.{name}.bias") if biased else None)
 
         self.layers = [
-            LayerOps(
-                attn_norm=t(f"layers.{i}.attn_norm"),
-                ffn_norm=t(f"layers.{i}.ffn_norm"),
+            LayerOps[F32](
+                attn_norm=partial(rmsnorm, weight=t(f"layers.{i}.attn_norm"), eps=cfg.norm_eps),
+                ffn_norm=partial(rmsnorm, weight=t(f"layers.{i}.ffn_norm"), eps=cfg.norm_eps),
                 **{name: linear(f"layers.{i}", name) for name in LINEAR_NAMES},
                 attention=DenseKVAttention(slots, cfg.n_kv_heads, cfg.head_dim),
+                act=_unchanged,
+                swiglu=_swiglu,
+                rope=self.rope.apply,
             )
             for i in range(cfg.n_layers)
         ]
@@ -239,7 +322,7 @@ class ReferenceModel:
         cfg = self.config
         x = self.embeddings[batch.token_ids]  # (n_tokens, dim)
         for ops in self.layers:
-            x = decoder_layer(x, ops, cfg, self.rope, batch)
+            x = decoder_layer(x, ops, cfg, batch)
         rows = x if all_rows else x[batch.last_rows]
         h = rmsnorm(rows, self.norm, cfg.norm_eps)
         logits: F32 = h @ self.output.T

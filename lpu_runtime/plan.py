@@ -1,15 +1,15 @@
 """The planner behind `lpu plan`: chips, layout, speed, power and cost of a model on an LPU system, next to a
 GPU server, from the compiler's real placement and the one performance model the emulator's clock uses.
 
-Speeds are per step of the engine's schedule: a decode step carries one token for each of the batch's
-sequences; the prompt is prefilled in chunks of `max_num_batched_tokens`. The pipelined figures keep one
-micro-batch in every stage at once, which a real LPU's static schedule does and the emulator's engine (one batch
-in flight) does not: the emulator's own per-user speed is `engine_per_user_tokens_per_s`.
+Speeds follow the engine's schedule: the batch's sequences decode in micro-batches, up to one per pipeline
+stage in flight at once (as a real LPU's static schedule keeps its pipeline full, and as the emulator's
+timeline runs them); the prompt is prefilled in chunks of `max_num_batched_tokens`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,8 @@ from lpu_runtime.config import EngineConfig, ModelConfig, SystemSpec
 from lpu_runtime.errors import CompileError, ModelFileError
 from lpu_runtime.hardware import HardwareSpec, OwnershipCost, min_cards_for_bytes, ownership_cost
 from lpu_runtime.loaders.hf import read_hf_config_file
-from lpu_runtime.perfmodel import FP16_BYTES, FP32_BYTES
+from lpu_runtime.microbatch import MicroBatcher
+from lpu_runtime.perfmodel import FP16_BYTES
 from lpu_runtime.sram import RegionKind
 
 # Fraction of HBM for weights and KV; the rest is activations, workspace and the CUDA context.
@@ -89,7 +90,6 @@ class LpuAnswer:
     nodes: int
     racks: int
     speed: Speed
-    engine_per_user_tokens_per_s: float  # the emulator's schedule: the whole batch in one micro-batch
     cost: OwnershipCost
 
 
@@ -152,12 +152,6 @@ def stage_step_cycles(plan: Plan, stage: StagePlan, n_tokens: int, n_ctx: int, n
     return sum(step_unit_cycles(chip, model, u, stage.width, n_tokens, n_ctx, n_seqs) for u in stage.units)
 
 
-def hop_cycles(plan: Plan, src: StagePlan, dst: StagePlan, n_tokens: int) -> int:
-    """Activations (n_tokens, dim) fp32 from the stage's first chip to every chip of the next, as link.py."""
-    nbytes = n_tokens * plan.model.dim * FP32_BYTES
-    return max(plan.hop_cycles(src.chips[0], c, nbytes) for c in dst.chips)
-
-
 def step_cycles(plan: Plan, n_tokens: int, n_ctx: int, n_seqs: int) -> tuple[int, int]:
     """(whole step, slowest stage plus its outgoing hop): n_tokens in n_seqs sequences over n_ctx positions.
 
@@ -167,29 +161,30 @@ def step_cycles(plan: Plan, n_tokens: int, n_ctx: int, n_seqs: int) -> tuple[int
     for i, stage in enumerate(plan.stages):
         cycles = stage_step_cycles(plan, stage, n_tokens, n_ctx, n_seqs)
         if i + 1 < len(plan.stages):
-            cycles += hop_cycles(plan, stage, plan.stages[i + 1], n_tokens)
+            cycles += plan.transfer_cycles(i, n_tokens)
         total += cycles
         bottleneck = max(bottleneck, cycles)
     return total, bottleneck
 
 
-def lpu_speed(plan: Plan, batch: int, prompt: int, context: int, chunk: int) -> tuple[Speed, float]:
-    """Pipelined decode (micro-batches of ceil(batch / stages), one per stage) and the prefill's TTFT; also
-    the engine's per-user speed with the whole batch in one micro-batch."""
+def pipelined_token_cycles(plan: Plan, batch: int, n_ctx: int) -> int:
+    """Cycles between a sequence's decode tokens when `batch` sequences decode together, each at n_ctx: a
+    round of the micro-batches the engine cuts the batch into (microbatch.py, where the equation is)."""
+    batcher = MicroBatcher(plan)
+    bounds = batcher.choose([1] * batch, n_ctx)
+    return batcher.round_cycles([(b - a, b - a) for a, b in itertools.pairwise(bounds)], n_ctx)
+
+
+def lpu_speed(plan: Plan, batch: int, prompt: int, context: int, chunk: int) -> Speed:
+    """Pipelined decode (the engine's micro-batches, up to one per stage) and the prefill's TTFT."""
     clock = plan.system.chip.clock_hz
     ctx = (prompt + context) // 2
-    in_flight = min(batch, len(plan.stages))
-    micro = -(-batch // in_flight)
-    total, bottleneck = step_cycles(plan, micro, ctx, micro)
-    # Each sequence gets a token per traversal; with several micro-batches the slowest stage paces them all.
-    token_s = max(total, in_flight * bottleneck) / clock
-    engine_s = step_cycles(plan, batch, ctx, batch)[0] / clock
+    token_s = pipelined_token_cycles(plan, batch, ctx) / clock
     ttft = 0
     for start in range(0, prompt, chunk):
         n = min(chunk, prompt - start)
         ttft += step_cycles(plan, n, start + n, 1)[0]
-    speed = Speed(ctx, 1 / token_s, batch / token_s, ttft / clock)
-    return speed, 1 / engine_s
+    return Speed(ctx, 1 / token_s, batch / token_s, ttft / clock)
 
 
 def gpu_speed(hardware: HardwareSpec, model: ModelConfig, batch: int, prompt: int, context: int) -> Speed:
@@ -228,7 +223,7 @@ def plan_lpu(request: PlanRequest) -> LpuAnswer:
         )
     plan = compile_model(model, SystemSpec(chips, hw.chip, hw.lpu.chips_per_node), engine, kv_tokens)
     weights = int8_weight_bytes(model)
-    speed, engine_per_user = lpu_speed(plan, request.batch, request.prompt, request.context, chunk)
+    speed = lpu_speed(plan, request.batch, request.prompt, request.context, chunk)
     nodes = -(-chips // hw.lpu.chips_per_node)
     lpu = hw.lpu
     cost = ownership_cost(
@@ -250,7 +245,6 @@ def plan_lpu(request: PlanRequest) -> LpuAnswer:
         nodes=nodes,
         racks=-(-nodes // lpu.nodes_per_rack),
         speed=speed,
-        engine_per_user_tokens_per_s=engine_per_user,
         cost=cost,
     )
 
@@ -355,7 +349,6 @@ def to_dict(report: PlanReport) -> dict[str, Any]:
                 "max": round(max(used), 4),
             },
             "speed": speed(lpu.speed),
-            "engine_per_user_tokens_per_s": round(lpu.engine_per_user_tokens_per_s, 2),
             "cost": cost(lpu.cost),
         },
         "gpu": {
@@ -438,7 +431,7 @@ def render_table(report: PlanReport) -> str:
         f"  time to first token           {s.ttft_s * 1e3:,.1f} ms for {r.prompt} prompt tokens in chunks of "
         f"{lpu.prefill_chunk} (compute and links, no network)",
         f"  aggregate                     {s.aggregate_tokens_per_s:,.1f} tokens/s "
-        f"(emulator's one-batch schedule: {lpu.engine_per_user_tokens_per_s:,.1f} per user)",
+        f"({r.batch} users in {min(r.batch, len(plan.stages))} micro-batch(es) in flight)",
         f"  power                         {lpu.cost.avg_power_kw:,.1f} kW average, {lpu.cost.tdp_kw:,.1f} kW TDP "
         f"(cards and hosts)",
         f"  purchase                      {_usd(lpu.cost.purchase_usd)} ({plan.system.n_chips:,} x "

@@ -12,6 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 QMAX = 127
+QUANT_BLOCK_ELEMENTS = 1 << 20  # weights quantized per block of rows (elements)
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,15 @@ def quantize_weight(w: NDArray[np.float32]) -> QuantizedTensor:
     """
     if w.ndim != 2:
         raise ValueError(f"quantize_weight expects a 2-D weight, got shape {w.shape}")
-    q, scale = _quantize_rows(np.ascontiguousarray(w, dtype=np.float32))
+    q = np.empty(w.shape, dtype=np.int8)  # (rows, cols) int8
+    scale = np.empty(w.shape[0], dtype=np.float32)  # (rows,) float32
+    # A block of rows at a time: each row's bytes are the same, and the float temporaries stay small even for
+    # a 128k-row vocabulary.
+    step = max(1, QUANT_BLOCK_ELEMENTS // max(1, w.shape[1]))
+    for a in range(0, w.shape[0], step):
+        q[a : a + step], scale[a : a + step] = _quantize_rows(
+            np.ascontiguousarray(w[a : a + step], dtype=np.float32)
+        )
     return QuantizedTensor(q, scale)
 
 

@@ -26,6 +26,7 @@ class Sampler:
         self._params = params
         self._vocab_size = vocab_size
         self._banned = np.array(sorted(banned_ids), dtype=np.int64)  # (n_banned,) int64
+        self._banned_set = frozenset(banned_ids)
         self._counts = np.zeros(vocab_size, dtype=np.int64)  # (vocab,) int64, times each id was returned
         self._rng = np.random.default_rng(params.seed)  # seed None draws fresh OS entropy
 
@@ -33,6 +34,14 @@ class Sampler:
         """Returns the next token id for `logits` of shape (vocab,) and counts it for later penalties."""
         if logits.shape != (self._vocab_size,):
             raise ValueError(f"logits must have shape ({self._vocab_size},), got {logits.shape}")
+        p = self._params
+        if p.greedy and not (p.frequency_penalty or p.presence_penalty):
+            # One pass: argmax returns the first NaN if there is one, so checking its pick is enough.
+            token = int(np.argmax(logits))
+            best = logits[token]
+            if np.isfinite(best) and token not in self._banned_set:
+                self._counts[token] += 1
+                return token
         scores = self._penalised(logits)  # (vocab,) float64
         if np.isnan(scores).any() or np.isposinf(scores).any():
             raise ValueError("logits contain NaN or +inf")

@@ -80,8 +80,8 @@ class HostTimings:
 class EmulatedTimings:
     """What the emulated LPU hardware would have taken, from the simulated clock only."""
 
-    prompt_cycles: int = 0  # cycles of the steps that prefilled this request's prompt
-    completion_cycles: int = 0  # cycles of the steps that decoded its later tokens
+    prompt_cycles: int = 0  # from its arrival to its first token leaving the pipeline (queueing included)
+    completion_cycles: int = 0  # from its first token to its latest, on the pipelined schedule
     clock_hz: int = 1
     n_chips: int = 1
     n_stages: int = 1
@@ -93,6 +93,23 @@ class EmulatedTimings:
     @property
     def completion_time(self) -> float:
         return self.completion_cycles / self.clock_hz  # seconds
+
+
+@dataclass(frozen=True)
+class EngineCoreOutput:
+    """What the engine's step loop produces for a request: tokens and timings, no text (the output processor
+    detokenizes and applies stop strings outside the loop)."""
+
+    request_id: str
+    new_token_ids: tuple[int, ...]
+    prompt_tokens: int
+    completion_tokens: int  # total generated so far
+    finished: bool = False
+    finish_reason: FinishReason | None = None
+    host: HostTimings = field(default_factory=HostTimings)  # so far
+    prompt_cycles: int = 0  # emulated: arrival -> first token left the pipeline
+    completion_cycles: int = 0  # emulated: first token -> latest token
+    error: str | None = None  # set with FinishReason.ERROR
 
 
 @dataclass(frozen=True)
@@ -140,14 +157,15 @@ class EngineStats:
     waiting: int
     kv_blocks_total: int
     kv_blocks_used: int
-    emulated_cycles: int  # the simulated clock's current value
+    emulated_cycles: int  # the simulated clock: the latest cycle a micro-batch left the pipeline
     steps: int
     chips: tuple[ChipStats, ...] = ()
     clock_hz: int = 1  # the emulated chips' clock
-    # cycles each pipeline stage computed, summed over steps; the steps' total is emulated_cycles, so
-    # stage_busy_cycles[i] / emulated_cycles is stage i's occupancy (1 - it: the bubble fraction)
+    # cycles each pipeline stage computed, summed over micro-batches; stage_busy_cycles[i] / emulated_cycles
+    # is stage i's occupancy on the pipelined schedule (1 - it: its bubble fraction, idle time included)
     stage_busy_cycles: tuple[int, ...] = ()
     link_cycles: int = 0  # cycles spent on hops between stages, summed over steps
+    micro_batches: int = 0  # micro-batches that went through the pipeline
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from server.auth import ApiKeyMiddleware
 from server.engine import EngineClient, build_engine
 from server.errors import install_error_handlers
+from server.loop_monitor import LoopLagMonitor
 from server.routes import ROUTERS
 from server.settings import Settings
 from server.state import AppState
@@ -51,9 +52,12 @@ def create_app(settings: Settings, engine: EngineClient | None = None) -> FastAP
         else:
             state.attach(engine)
         logger.info("serving model %r", state.served_model)
+        lag_monitor = LoopLagMonitor(state.metrics.event_loop_lag.observe)  # lpu_event_loop_lag_seconds
+        lag_monitor.start()
         try:
             yield
         finally:
+            await lag_monitor.stop()
             running = state.engine
             state.detach()
             if owned and running is not None:

@@ -83,7 +83,7 @@ def export_model(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ModelFileError(out, "exists and is not an empty directory: choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
-    written = write_hf_directory(loaded.checkpoint, loaded.tokenizer, out, on_tensor)
+    written = write_hf_directory(loaded.source.open(), loaded.tokenizer, out, on_tensor)
     written += _copy_tokenizer_files(model, tokenizer, out)
     if chat_template is not None:
         shutil.copyfile(chat_template, out / "chat_template.jinja")
@@ -112,7 +112,7 @@ def write_hf_directory(
         out / SINGLE_FILE,
         shapes,
         lambda key: checkpoint.tensor(canonical[key]),
-        {"format": "pt", "exported_by": "lpu-serve", "source": checkpoint.source},
+        {"format": "pt", "exported_by": "lpu-serve", "source": checkpoint.origin},
         on_tensor,
     )
     written.append(out / SINGLE_FILE)

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import TextIO
 
-from lpu_runtime.pipeline import LoadStep
+from lpu_runtime.executor import LoadStep
 
 log = logging.getLogger(__name__)
 

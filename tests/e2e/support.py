@@ -62,6 +62,9 @@ def sample(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
 
+KERNEL_ENV = ("LPU_KERNELS", "LPU_NUM_THREADS")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -91,7 +94,9 @@ def running_server(log_dir: Path, model: str, extra_args: Sequence[str] = ()) ->
     or will not stop on SIGTERM, with the server's log in the message."""
     port = free_port()
     log_path = log_dir / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LPU_")}  # the flags below are the config
+    # The flags below are the server's config; only the kernel choice passes through (LPU_KERNELS=numpy runs
+    # the whole suite on the reference kernels).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LPU_") or k in KERNEL_ENV}
     command = [
         sys.executable, "-m", "server", "serve", "--port", str(port), "--chips", str(CHIPS),
         "--log-level", "info", *extra_args,

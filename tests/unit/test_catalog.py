@@ -17,9 +17,9 @@ from lpu_runtime.async_engine import AsyncEngine
 from lpu_runtime.catalog import can_serve, compile_plan, load_model, model_config
 from lpu_runtime.config import DEMO_MODEL, MODEL_PRESETS, EngineConfig, SystemSpec
 from lpu_runtime.errors import CompileError, ModelFileError
+from lpu_runtime.executor import LoadStep
 from lpu_runtime.loaders.assets import ServedTokenizer
 from lpu_runtime.loaders.progress import LoadProgress
-from lpu_runtime.pipeline import LoadStep
 from lpu_runtime.tokenizer import ByteTokenizer
 from lpu_runtime.types import FinishReason, GenerationRequest, SamplingParams
 from server.cli import main
@@ -29,7 +29,7 @@ from tests.shared_models import PROJECT_ROOT, require
 def test_demo_aliases_still_resolve_to_the_embedded_model() -> None:
     for alias in ("demo", "default", DEMO_MODEL.name):
         loaded = load_model(alias)
-        assert loaded.name == DEMO_MODEL.name and loaded.checkpoint.config == DEMO_MODEL
+        assert loaded.name == DEMO_MODEL.name and loaded.config == DEMO_MODEL
         assert loaded.chat_template is not None
 
 
@@ -77,19 +77,19 @@ def test_llama2c_tokenizer_is_found_beside_the_checkpoint_or_given(tmp_path: Pat
 def test_synthetic_presets_have_the_real_shape_and_never_materialise_the_model() -> None:
     loaded = load_model("synthetic:llama-2-7b")
     preset = MODEL_PRESETS["llama-2-7b"]
-    cfg = loaded.checkpoint.config
+    cfg = loaded.config
     assert (cfg.dim, cfg.n_layers, cfg.n_heads, cfg.ffn_dim, cfg.vocab_size) == (
         preset.dim, preset.n_layers, preset.n_heads, preset.ffn_dim, preset.vocab_size,
     )  # fmt: skip
     assert loaded.name == "synthetic:llama-2-7b" and "byte-level" in loaded.description
     # one tensor on demand, of its shape; deterministic per (seed, name)
-    w = loaded.checkpoint.tensor("layers.31.w2")
+    w = loaded.source.open().tensor("layers.31.w2")
     assert w.shape == (preset.dim, preset.ffn_dim) and w.dtype == np.float32
-    norm = loaded.checkpoint.tensor("layers.31.ffn_norm")
+    norm = loaded.source.open().tensor("layers.31.ffn_norm")
     np.testing.assert_array_equal(
-        norm, load_model("synthetic:llama-2-7b").checkpoint.tensor("layers.31.ffn_norm")
+        norm, load_model("synthetic:llama-2-7b").source.open().tensor("layers.31.ffn_norm")
     )
-    other_seed = load_model("synthetic:llama-2-7b", seed=1).checkpoint.tensor("layers.31.ffn_norm")
+    other_seed = load_model("synthetic:llama-2-7b", seed=1).source.open().tensor("layers.31.ffn_norm")
     assert not np.array_equal(norm, other_seed)
     # the byte tokenizer's 259 ids sit inside the 32000-row head; the rest decode to nothing
     assert loaded.tokenizer.vocab_size == 32000 and loaded.tokenizer.token_bytes(31999) == b""
@@ -224,7 +224,7 @@ def test_eos_ids_of_generation_config_end_generation_with_stop(tmp_path: Path) -
 
 def test_max_model_len_serves_a_shorter_context_with_less_kv(capsys: pytest.CaptureFixture[str]) -> None:
     path = str(require("stories260K-hf"))
-    assert load_model(path, max_context=128).checkpoint.config.max_context == 128
+    assert load_model(path, max_context=128).config.max_context == 128
     full = compile_plan(path, SystemSpec(1), EngineConfig(4))
     short = compile_plan(path, SystemSpec(1), EngineConfig(4), max_context=128)
     assert short.model.max_context == 128 and short.kv_tokens < full.kv_tokens

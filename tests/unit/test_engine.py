@@ -8,14 +8,22 @@ import pytest
 
 from lpu_runtime.async_engine import AsyncEngine
 from lpu_runtime.catalog import LoadedModel
+from lpu_runtime.checkpoint_source import CheckpointSource, WeightFormat
 from lpu_runtime.compiler import compile_model
 from lpu_runtime.config import EngineConfig, SystemSpec
 from lpu_runtime.engine import Engine
 from lpu_runtime.errors import ContextLengthExceededError, EngineDeadError, InvalidRequestError
+from lpu_runtime.executor import PipelineExecutor
 from lpu_runtime.model import Checkpoint
-from lpu_runtime.pipeline import Pipeline
+from lpu_runtime.output_processor import OutputProcessor
 from lpu_runtime.tokenizer import ByteTokenizer
-from lpu_runtime.types import FinishReason, GenerationRequest, RequestOutput, SamplingParams
+from lpu_runtime.types import (
+    EngineCoreOutput,
+    FinishReason,
+    GenerationRequest,
+    RequestOutput,
+    SamplingParams,
+)
 
 from .tiny_model import TINY, TINY_ENGINE
 
@@ -23,9 +31,10 @@ _ids = itertools.count()
 
 
 def make_engine(checkpoint: Checkpoint, config: EngineConfig = TINY_ENGINE, chips: int = 2) -> Engine:
-    model = LoadedModel(checkpoint, ByteTokenizer(), None, TINY.name, "tiny test model")
+    source = CheckpointSource(WeightFormat.SYNTHETIC, TINY, seed=1)  # the tiny_checkpoint fixture's weights
+    model = LoadedModel(source, ByteTokenizer(), None, TINY.name, "tiny test model")
     plan = compile_model(TINY, SystemSpec(chips), config)
-    return Engine(model, plan, Pipeline(plan, checkpoint))
+    return Engine(model, plan, PipelineExecutor(plan, checkpoint))
 
 
 def request(prompt: str, **params: object) -> GenerationRequest:
@@ -34,14 +43,27 @@ def request(prompt: str, **params: object) -> GenerationRequest:
 
 
 def run_to_end(engine: Engine, *requests: GenerationRequest) -> dict[str, list[RequestOutput]]:
-    outs: dict[str, list[RequestOutput]] = defaultdict(list)
+    """Steps until every request ends, turning outputs into text as AsyncEngine does (aborting on a stop).
+    Requests added to the engine before the call are run too."""
+    processors = {
+        seq.request_id: OutputProcessor(engine.model.tokenizer, seq.request.params, engine.system)
+        for seq in (*engine.scheduler.waiting, *engine.scheduler.running)
+    }
     for r in requests:
         engine.add(engine.make_sequence(r))
+        processors[r.request_id] = OutputProcessor(engine.model.tokenizer, r.params, engine.system)
+    outs: dict[str, list[RequestOutput]] = defaultdict(list)
     for _ in range(10_000):
         if not engine.has_work():
             break
-        for out in engine.step():
+        for core in engine.step():
+            processor = processors[core.request_id]
+            if processor.finished:
+                continue  # computed past its stop string before the abort landed
+            out = processor.process(core)
             outs[out.request_id].append(out)
+            if out.finished and not core.finished:
+                engine.abort(core.request_id)
     assert not engine.has_work()
     return outs
 
@@ -226,7 +248,7 @@ def test_a_dead_engine_thread_fails_pending_requests_and_refuses_new_ones(
     async def scenario() -> None:
         engine = AsyncEngine(make_engine(tiny_checkpoint))
 
-        def broken_step() -> list[RequestOutput]:
+        def broken_step() -> list[EngineCoreOutput]:
             raise MemoryError("emulated host failure")
 
         engine.engine.step = broken_step  # type: ignore[method-assign]

@@ -13,9 +13,9 @@ import pytest
 from lpu_runtime import perfmodel
 from lpu_runtime.compiler import BALANCE_CONTEXT, compile_model
 from lpu_runtime.config import MODEL_PRESETS, ChipSpec, EngineConfig, ModelConfig, SystemSpec
+from lpu_runtime.executor import PipelineExecutor
 from lpu_runtime.hardware import GpuServer
 from lpu_runtime.model import Checkpoint, SeqSlice, TokenBatch
-from lpu_runtime.pipeline import Pipeline
 from lpu_runtime.plan import PlanRequest, plan_system, stage_step_cycles, step_cycles
 from lpu_runtime.synthetic import synthetic_checkpoint
 
@@ -99,7 +99,7 @@ def _batch(n_seqs: int, start: int, n_new: int, slot_base: int = 64) -> TokenBat
         )
         for i in range(n_seqs)
     )
-    ids = np.arange(n_seqs * n_new, dtype=np.int64) % 8  # rows of the first embedding shard
+    ids = np.arange(n_seqs * n_new, dtype=np.int64) * 37 % 259  # rows of every embedding shard
     positions = np.tile(np.arange(start, start + n_new, dtype=np.int64), n_seqs)
     return TokenBatch(ids, positions, seqs)
 
@@ -120,12 +120,12 @@ def test_the_emulator_clock_charges_exactly_what_the_planner_predicts(
 ) -> None:
     engine = EngineConfig(max_num_seqs=2, max_num_batched_tokens=16, max_kv_tokens=128)
     plan = compile_model(model, SystemSpec(chips, chip), engine)
-    pipe = Pipeline(plan, synthetic_checkpoint(model, seed=1))
-    logits, prefill = pipe.forward(_batch(2, 0, 8))  # two 8-token prompts in one step
-    assert prefill.cycles == step_cycles(plan, 16, 8, 2)[0]
-    _, decode = pipe.forward(_batch(2, 8, 1))
-    assert decode.cycles == step_cycles(plan, 2, 9, 2)[0]
-    assert np.isfinite(logits).all()
+    pipe = PipelineExecutor(plan, synthetic_checkpoint(model, seed=1))
+    prefill = pipe.execute(_batch(2, 0, 8))  # two 8-token prompts in one micro-batch
+    assert prefill.times[0].done - prefill.times[0].entry == step_cycles(plan, 16, 8, 2)[0]
+    decode = pipe.execute(_batch(2, 8, 1), ready=[prefill.times[0].done])
+    assert decode.times[0].done - decode.times[0].entry == step_cycles(plan, 2, 9, 2)[0]
+    assert np.isfinite(prefill.logits).all()
 
 
 @pytest.mark.parametrize("model", [TINY, MODEL_PRESETS["llama-2-70b"]], ids=lambda m: m.name)
@@ -151,4 +151,4 @@ def test_the_emulator_refuses_plans_it_cannot_execute(tiny_checkpoint: Checkpoin
     moe = ModelConfig(**{**dataclasses.asdict(TINY), "n_experts": 4, "n_experts_per_token": 2})
     plan = compile_model(moe, SystemSpec(4), TINY_ENGINE)
     with pytest.raises(ValueError, match="lpu plan"):
-        Pipeline(plan, dataclasses.replace(tiny_checkpoint, config=moe))
+        PipelineExecutor(plan, dataclasses.replace(tiny_checkpoint, config=moe))

@@ -133,7 +133,7 @@ def _snapshot() -> EngineSnapshot:
     )  # fmt: skip
     stats = EngineStats(running=2, waiting=1, kv_blocks_total=64, kv_blocks_used=16, emulated_cycles=1000,
                         steps=17, chips=chips, clock_hz=900_000_000, stage_busy_cycles=(400, 500),
-                        link_cycles=100)  # fmt: skip
+                        link_cycles=100, micro_batches=40)  # fmt: skip
     model = ModelInfo(id="m", description="", max_context=256, vocab_size=259, n_params=1, n_chips=4,
                       n_stages=2, chip_name="GroqChip1", created=0)  # fmt: skip
     return EngineSnapshot(stats, model, "served/m")
@@ -153,6 +153,7 @@ def test_engine_gauges_are_read_at_scrape_time() -> None:
     assert sample(metrics, "lpu_kv_cache_usage_ratio") == 0.25
     assert sample(metrics, "lpu_emulated_cycles_total") == 1000
     assert sample(metrics, "lpu_engine_steps_total") == 17
+    assert sample(metrics, "lpu_pipeline_micro_batches_total") == 40
     assert sample(metrics, "lpu_emulated_clock_hertz") == 900_000_000
     assert sample(metrics, "lpu_pipeline_stage_busy_cycles_total", {"stage": "0"}) == 400
     assert sample(metrics, "lpu_pipeline_stage_busy_cycles_total", {"stage": "1"}) == 500

@@ -1,0 +1,264 @@
+"""A stage worker: one pipeline stage's chips, the weights it loads into them, and the program it runs.
+
+A `StageWorker` owns the chips of one stage of a compiled plan. It opens the checkpoint source itself and reads
+only the rows its chips hold, quantizes them (per output channel, so the bytes equal quantizing the whole
+tensor) and copies them into the chips' SRAM; then it binds the model's decoder (`model.decoder_layer`, the
+same code as the float32 reference) to ops that run on those chips. `execute(StageInput) -> StageOutput`
+takes plain data in and out (a token batch and activations; activations or logits and the cycles charged),
+so the executor around it can run the stage in this process or elsewhere.
+
+Inside a stage of width w the group is tensor-parallel: every matrix is split by output channels (q/k/v by
+KV-head groups, so each chip attends over the heads whose KV it holds), each chip computes its columns from
+the same int8 input, written straight into the gathered output, and the all-gathers are charged.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from lpu_runtime import perfmodel
+from lpu_runtime.backend import KernelBackend, QuantizedActs, default_backend
+from lpu_runtime.chip import Chip, gather_costs, linear_costs
+from lpu_runtime.compiler import Plan, UnitKind
+from lpu_runtime.kernels import RopeTables
+from lpu_runtime.link import deliver
+from lpu_runtime.model import Checkpoint, LayerOps, TokenBatch, decoder_layer
+from lpu_runtime.perfmodel import FP32_BYTES
+from lpu_runtime.quant import quantize_weight
+from lpu_runtime.sram import RegionKind
+
+F32 = NDArray[np.float32]
+
+
+class WeightSource(Protocol):
+    """A `CheckpointSource` (plain data, picklable) or an already open `Checkpoint` (in-process only)."""
+
+    def open(self) -> Checkpoint: ...
+
+
+@dataclass(frozen=True)
+class TensorLoaded:
+    """One tensor's rows placed in a worker's chips."""
+
+    tensor: str
+    nbytes: int  # bytes of float32 read for it
+    chips_filled: int  # chips of this worker whose last tensor it was
+
+
+@dataclass(frozen=True)
+class StageInput:
+    batch: TokenBatch
+    x: F32 | None  # (n_tokens, dim) float32 from the previous stage; None for the first stage
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    x: F32  # (n_tokens, dim) activations for the next stage, or (n_seqs, vocab) logits from the last
+    cycles: tuple[int, ...]  # per micro-batch: cycles of the stage's busiest chip
+
+
+class ShardedLinear:
+    """One matrix split by output channels over a tensor-parallel group."""
+
+    def __init__(self, chips: list[Chip], name: str, gather: bool = True, per_sequence: bool = False) -> None:
+        self.chips, self.name, self.per_sequence = chips, name, per_sequence
+        self.columns = [chip.shards[name].rows for chip in chips]
+        self.width = self.columns[-1][1]
+        # q/k/v shards feed the same chip's attention heads directly, so only the others are all-gathered.
+        self.gather = gather and len(chips) > 1
+        self._costs: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+
+    def costs(self, tokens: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Each chip's cycles for each micro-batch of `tokens` rows: its GEMM, then the all-gather."""
+        costs = self._costs.get(tokens)
+        if costs is None:
+            lead = self.chips[0]
+            rows0 = self.columns[0][1] - self.columns[0][0]
+            gather = (
+                gather_costs(lead.spec, tokens, rows0 * FP32_BYTES, len(self.chips))
+                if self.gather
+                else (0,) * len(tokens)
+            )
+            costs = [
+                tuple(
+                    g + c
+                    for g, c in zip(
+                        gather, linear_costs(chip.spec, tokens, b - a, chip.cols(self.name)), strict=True
+                    )
+                )
+                for chip, (a, b) in zip(self.chips, self.columns, strict=True)
+            ]
+            self._costs[tokens] = costs
+        return costs
+
+    def __call__(self, x: QuantizedActs) -> F32:
+        lead = self.chips[0]
+        costs = self.costs(lead.micro_seqs if self.per_sequence else lead.micro_tokens)
+        out = np.empty((x.n_tokens, self.width), dtype=np.float32)
+        for chip, (a, b), cycles in zip(self.chips, self.columns, costs, strict=True):
+            chip.linear(x, self.name, out[:, a:b], cycles)
+        return out
+
+
+class ShardedAttention:
+    """Attention split by KV-head groups: each chip attends over the heads whose KV it holds."""
+
+    def __init__(self, chips: list[Chip], layer: int, group: int) -> None:
+        self.chips, self.layer, self.group = chips, layer, group
+        self.kv_ranges = [chip.shards[f"layers.{layer}.k_cache"].rows for chip in chips]
+
+    def __call__(self, q: F32, k: F32, v: F32, batch: TokenBatch) -> F32:
+        out = np.empty_like(q)  # (n_tokens, n_heads, head_dim)
+        g = self.group
+        for chip, (a, b) in zip(self.chips, self.kv_ranges, strict=True):
+            heads = slice(a * g, b * g)
+            chip.attention(self.layer, q[:, heads], k[:, a:b], v[:, a:b], batch, out[:, heads], (b - a) * g)
+        if len(self.chips) > 1:
+            lead = self.chips[0]
+            a, b = self.kv_ranges[0]
+            row_bytes = (b - a) * g * q.shape[2] * FP32_BYTES
+            costs = gather_costs(lead.spec, lead.micro_tokens, row_bytes, len(self.chips))
+            for chip in self.chips:
+                chip.charge(costs)
+        return out
+
+
+class StageWorker:
+    def __init__(
+        self,
+        plan: Plan,
+        stage: int,
+        weights: WeightSource,
+        backend: KernelBackend | None = None,
+        on_tensor: Callable[[TensorLoaded], None] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.stage = plan.stages[stage]
+        self.config = plan.model
+        self.backend = backend or default_backend()
+        spec = plan.system.chip
+        self.chips = [Chip(plan.chips[c], spec, self.backend) for c in self.stage.chips]
+        self.load(weights.open(), on_tensor)
+        self.rope = RopeTables.for_model(self.config)
+        self.layers = {layer: self._layer_ops(layer) for layer in self.stage.layers}
+        self._vector_costs: dict[tuple[int, ...], list[int]] = {}
+        has_head = any(u.kind is UnitKind.HEAD for u in self.stage.units)
+        self.lm_head = ShardedLinear(self.chips, "output", per_sequence=True) if has_head else None
+
+    @property
+    def tensor_names(self) -> list[str]:
+        """The tensors this worker's chips hold, in load order (chip by chip)."""
+        names: dict[str, None] = {}
+        for chip in self.chips:
+            for shard in chip.plan.shards:
+                if shard.kind is RegionKind.WEIGHT and not shard.tensor.endswith(".scale"):
+                    names[shard.tensor] = None
+        return list(names)
+
+    def load(self, checkpoint: Checkpoint, on_tensor: Callable[[TensorLoaded], None] | None = None) -> None:
+        """Reads, quantizes and places every tensor this stage's chips hold, one tensor at a time and only
+        the rows the stage holds, so at most one stage-sized float32 tensor is in host memory at once."""
+        holders: dict[str, list[Chip]] = defaultdict(list)
+        for chip in self.chips:
+            for shard in chip.plan.shards:
+                if shard.kind is RegionKind.WEIGHT and not shard.tensor.endswith(".scale"):
+                    holders[shard.tensor].append(chip)
+        last_tensor = {chip.chip_id: name for name, chips in holders.items() for chip in chips}
+        for name, chips in holders.items():
+            ranges = [chip.shards[name].rows for chip in chips]
+            lo, hi = min(a for a, _ in ranges), max(b for _, b in ranges)
+            part = checkpoint.rows(name, lo, hi)
+            if part.ndim == 1:  # norms whole on every holder; biases by their matrix's rows
+                for chip, (a, b) in zip(chips, ranges, strict=True):
+                    chip.write(name, part[a:b])
+            else:
+                # One scale per output row: quantizing these rows alone gives the bytes the whole tensor would.
+                qt = quantize_weight(part)
+                for chip, (a, b) in zip(chips, ranges, strict=True):
+                    chip.write(name, qt.q[a - lo : b - lo])
+                    chip.write(f"{name}.scale", qt.scale[a - lo : b - lo])
+            if on_tensor is not None:
+                filled = sum(1 for chip in chips if last_tensor[chip.chip_id] == name)
+                on_tensor(TensorLoaded(name, part.nbytes, filled))
+
+    def _layer_ops(self, layer: int) -> LayerOps[QuantizedActs]:
+        p, chips, be = f"layers.{layer}", self.chips, self.backend
+        lead, eps = chips[0], self.config.norm_eps
+        group = self.config.n_heads // self.config.n_kv_heads
+        return LayerOps[QuantizedActs](
+            attn_norm=partial(be.rmsnorm_quantize, weight=lead.tensor(f"{p}.attn_norm"), eps=eps),
+            ffn_norm=partial(be.rmsnorm_quantize, weight=lead.tensor(f"{p}.ffn_norm"), eps=eps),
+            wq=ShardedLinear(chips, f"{p}.wq", gather=False),
+            wk=ShardedLinear(chips, f"{p}.wk", gather=False),
+            wv=ShardedLinear(chips, f"{p}.wv", gather=False),
+            wo=ShardedLinear(chips, f"{p}.wo"),
+            w1=ShardedLinear(chips, f"{p}.w1"),
+            w3=ShardedLinear(chips, f"{p}.w3"),
+            w2=ShardedLinear(chips, f"{p}.w2"),
+            attention=ShardedAttention(chips, layer, group),
+            act=be.quantize,
+            swiglu=be.silu_mul_quantize,
+            rope=partial(be.rope, tables=self.rope),
+        )
+
+    def charge_all(self, cycles: Sequence[int]) -> None:
+        for chip in self.chips:
+            chip.charge(cycles)
+
+    def execute(self, inp: StageInput) -> StageOutput:
+        """Runs this stage's units on the step's tokens; returns what goes to the next stage (or the logits)
+        and the cycles each micro-batch spent here."""
+        batch, cfg = inp.batch, self.config
+        spec = self.plan.system.chip
+        for chip in self.chips:
+            chip.begin_step(batch)
+        x = None if inp.x is None else deliver(inp.x, self.chips)
+        for unit in self.stage.units:
+            if unit.kind is UnitKind.EMBED:
+                x = self._embed(batch)
+            elif unit.kind is UnitKind.LAYER:
+                assert x is not None, "a decoder layer needs the previous stage's activations"
+                self.charge_all(self._layer_vector_costs(batch.micro_tokens))
+                x = decoder_layer(x, self.layers[unit.layer], cfg, batch)
+            else:
+                assert x is not None and self.lm_head is not None, "the LM head needs activations"
+                self.charge_all(
+                    [
+                        perfmodel.vector_cycles(spec, n * cfg.dim, perfmodel.VECTOR_FLOPS_PER_ELEMENT)
+                        for n in batch.micro_seq_counts
+                    ]
+                )
+                rows = x[batch.last_rows]  # (n_seqs, dim)
+                x = self.lm_head(
+                    self.backend.rmsnorm_quantize(rows, self.chips[0].tensor("norm"), cfg.norm_eps)
+                )
+        assert x is not None
+        cycles = tuple(max(c) for c in zip(*(chip.step_cycles for chip in self.chips), strict=True))
+        return StageOutput(x, cycles)
+
+    def _layer_vector_costs(self, tokens: tuple[int, ...]) -> list[int]:
+        """Norms, RoPE, SiLU and residual adds of one layer, per micro-batch (the same for every layer)."""
+        costs = self._vector_costs.get(tokens)
+        if costs is None:
+            spec, width = self.plan.system.chip, self.stage.width
+            costs = [perfmodel.layer_vector_cycles(spec, self.config, n, width) for n in tokens]
+            self._vector_costs[tokens] = costs
+        return costs
+
+    def _embed(self, batch: TokenBatch) -> F32:
+        x = np.empty((batch.n_tokens, self.config.dim), dtype=np.float32)  # (n_tokens, dim)
+        for chip in self.chips:
+            chip.embed(batch.token_ids, x)
+        if len(self.chips) > 1:
+            spec, width, row_bytes = self.chips[0].spec, len(self.chips), self.config.dim * FP32_BYTES
+            self.charge_all(
+                [perfmodel.allgather_cycles(spec, n * row_bytes // width, width) for n in batch.micro_tokens]
+            )
+        return x

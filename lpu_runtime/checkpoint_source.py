@@ -7,7 +7,7 @@ or synthetic weights regenerated from their seed), and no process ever needs the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -54,4 +54,4 @@ class CheckpointSource:
             raise ModelFileError(
                 path, f"no longer holds the {self.config.name} architecture it was served as"
             )
-        return Checkpoint(self.config, opened.loader, opened.origin)
+        return replace(opened, config=self.config)

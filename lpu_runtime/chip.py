@@ -21,7 +21,6 @@ from lpu_runtime.compiler import ChipPlan, TensorShard
 from lpu_runtime.config import ChipSpec
 from lpu_runtime.errors import SramOverflowError
 from lpu_runtime.model import TokenBatch
-from lpu_runtime.sram import RegionKind
 
 F32 = NDArray[np.float32]
 
@@ -59,14 +58,9 @@ class Chip:
             raw = self.sram[region.offset : region.end]
             self._views[shard.tensor] = raw.view(np.dtype(shard.dtype)).reshape(shard.shape)
         self.shards: dict[str, TensorShard] = {s.tensor: s for s in plan.shards}
-        # Prepared once from the SRAM views: the kernels read the chip's own bytes on every call.
-        self._linears: dict[str, PreparedLinear] = {
-            s.tensor: backend.prepare_linear(
-                self._views[s.tensor], self._views[f"{s.tensor}.scale"], self._views.get(f"{s.tensor}.bias")
-            )
-            for s in plan.shards
-            if s.kind is RegionKind.WEIGHT and s.dtype == "int8" and s.tensor != "tok_embeddings"
-        }
+        # Linear ops are prepared at load time (`prepare_linear`) from the SRAM views, never copies: the
+        # kernels read the chip's own bytes on every call.
+        self._linears: dict[tuple[str, ...], PreparedLinear] = {}
         self.busy_cycles = 0  # cycles spent on ops since start
         self.micro_tokens: tuple[int, ...] = (0,)  # tokens of each micro-batch of the current step
         self.micro_seqs: tuple[int, ...] = (0,)  # sequences of each micro-batch of the current step
@@ -98,11 +92,20 @@ class Chip:
         """Input features of a resident matrix."""
         return int(self._views[name].shape[1])
 
-    def linear(self, x: QuantizedActs, name: str, out: F32, cycles: Sequence[int]) -> None:
-        """x (n, in) int8 times this chip's int8 shard of `name`, written into out (n, rows) float32; charges
-        each micro-batch its `cycles` (the caller's cost of the op, computed once per shape)."""
+    def prepare_linear(self, names: tuple[str, ...]) -> None:
+        """Binds one kernel op to this chip's shards of the matrices `names`, which read the same input."""
+        self._linears[names] = self.backend.prepare_linear(
+            [(self._views[n], self._views[f"{n}.scale"], self._views.get(f"{n}.bias")) for n in names]
+        )
+
+    def linear(
+        self, x: QuantizedActs, names: tuple[str, ...], outs: Sequence[F32], cycles: Sequence[int]
+    ) -> None:
+        """x (n, in) int8 times this chip's int8 shard of each matrix in `names` (one prepared op), written into
+        outs (n, rows) float32; charges each micro-batch its `cycles` (the caller's cost of the op, computed
+        once per shape)."""
         self.charge(cycles)
-        self._linears[name](x, out)
+        self._linears[names](x, outs)
 
     def embed(self, token_ids: NDArray[np.int64], out: F32) -> None:
         """Writes the rows of the embedding table this chip holds into out (n_tokens, dim) float32.
@@ -128,8 +131,7 @@ class Chip:
         k_cache = self._views[f"layers.{layer}.k_cache"]  # (kv_tokens, local_kv_heads, head_dim) float16
         v_cache = self._views[f"layers.{layer}.v_cache"]
         paged = batch.paged
-        k_cache[paged.new_slots] = k
-        v_cache[paged.new_slots] = v
+        self.backend.store_kv(k, v, k_cache, v_cache, paged.new_slots)
         self.backend.attention(q, k_cache, v_cache, paged, out)
         # Every layer of the step attends over the same contexts with the same heads: cost it once.
         if self._attention_costs[0] is not batch:

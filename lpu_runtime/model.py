@@ -25,7 +25,6 @@ A = TypeVar(
 )  # the form a projection reads its input in: float32 for the reference, int8 + scales on chips
 
 
-LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w1", "w3", "w2")
 BIASED_NAMES = ("wq", "wk", "wv")  # the projections that carry a bias when ModelConfig.attention_bias
 
 
@@ -59,6 +58,7 @@ def tensor_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 TensorLoader = Callable[[str], F32]
+RowLoader = Callable[[str, int, int], F32]  # (name, start, stop) -> rows [start, stop) of a matrix
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,9 @@ class Checkpoint:
     config: ModelConfig
     loader: TensorLoader
     origin: str = "in-memory weights"  # the file or origin, named in errors
+    # Formats that can produce some rows of a matrix without the rest (GGUF: only those rows' blocks are
+    # dequantized); without one, `rows` slices the whole tensor.
+    row_loader: RowLoader | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -92,8 +95,18 @@ class Checkpoint:
 
     def rows(self, name: str, start: int, stop: int) -> F32:
         """Rows [start, stop) of a tensor (the whole vector for a 1-D one): what one stage's chips hold."""
-        value = self.tensor(name)
-        return value if value.ndim == 1 else value[start:stop]
+        shape = tensor_shapes(self.config).get(name)
+        if self.row_loader is None or shape is None or len(shape) == 1:
+            value = self.tensor(name)
+            return value if value.ndim == 1 else value[start:stop]
+        part = self.row_loader(name, start, stop)
+        expected = (len(range(*slice(start, stop).indices(shape[0]))), *shape[1:])
+        if part.shape != expected or part.dtype != np.float32:
+            raise ModelFileError(
+                self.origin,
+                f"rows {start}..{stop} of tensor {name} are {part.dtype} {part.shape}, expected float32 {expected}",
+            )
+        return part
 
     def open(self) -> Checkpoint:
         """Already open: lets in-process workers take a Checkpoint wherever a CheckpointSource goes."""
@@ -223,12 +236,9 @@ class LayerOps(Generic[A]):
 
     attn_norm: Callable[[F32], A]  # RMSNorm of the residual stream, (n_tokens, dim)
     ffn_norm: Callable[[F32], A]
-    wq: Callable[[A], F32]
-    wk: Callable[[A], F32]
-    wv: Callable[[A], F32]
+    qkv: Callable[[A], Sequence[F32]]  # wq, wk, wv: three matrices reading one input
     wo: Callable[[A], F32]
-    w1: Callable[[A], F32]
-    w3: Callable[[A], F32]
+    gate_up: Callable[[A], Sequence[F32]]  # w1 (gate) and w3 (up), reading one input
     w2: Callable[[A], F32]
     attention: Attention
     act: Callable[[F32], A]  # the attention output, as wo reads it
@@ -239,16 +249,14 @@ class LayerOps(Generic[A]):
 def decoder_layer(x: F32, ops: LayerOps[A], config: ModelConfig, batch: TokenBatch) -> F32:
     """x: (n_tokens, dim) float32 residual stream -> the same after one pre-norm attention + SwiGLU block."""
     n = x.shape[0]
-    h = ops.attn_norm(x)
-    q = ops.wq(h).reshape(n, config.n_heads, config.head_dim)
-    k = ops.wk(h).reshape(n, config.n_kv_heads, config.head_dim)
-    v = ops.wv(h).reshape(n, config.n_kv_heads, config.head_dim)
-    q = ops.rope(q, batch.positions)
-    k = ops.rope(k, batch.positions)
+    q, k, v = ops.qkv(ops.attn_norm(x))
+    q = ops.rope(q.reshape(n, config.n_heads, config.head_dim), batch.positions)
+    k = ops.rope(k.reshape(n, config.n_kv_heads, config.head_dim), batch.positions)
+    v = v.reshape(n, config.n_kv_heads, config.head_dim)
     attn = ops.attention(q, k, v, batch).reshape(n, config.q_dim)
     x = x + ops.wo(ops.act(attn))
-    h = ops.ffn_norm(x)
-    return x + ops.w2(ops.swiglu(ops.w1(h), ops.w3(h)))
+    gate, up = ops.gate_up(ops.ffn_norm(x))
+    return x + ops.w2(ops.swiglu(gate, up))
 
 
 @dataclass(frozen=True)
@@ -259,6 +267,17 @@ class DenseLinear:
     def __call__(self, x: F32) -> F32:
         y: F32 = x @ self.w.T
         return y if self.bias is None else y + self.bias
+
+
+@dataclass(frozen=True)
+class DenseLinears:
+    """Several dense matrices reading the same input (q/k/v, gate/up)."""
+
+    parts: tuple[DenseLinear, ...]
+
+    def __call__(self, x: F32) -> tuple[F32, ...]:
+        """One (n_tokens, out_features) float32 result per matrix."""
+        return tuple(part(x) for part in self.parts)
 
 
 def _unchanged(x: F32) -> F32:
@@ -300,15 +319,18 @@ class ReferenceModel:
         self.norm = t("norm")  # (dim,)
         self.output = t("output")  # (vocab, dim)
 
-        def linear(p: str, name: str) -> DenseLinear:
-            biased = cfg.attention_bias and name in BIASED_NAMES
+        def linear(layer: int, name: str) -> DenseLinear:
+            p, biased = f"layers.{layer}", cfg.attention_bias and name in BIASED_NAMES
             return DenseLinear(t(f"{p}.{name}"), t(f"{p}.{name}.bias") if biased else None)
 
         self.layers = [
             LayerOps[F32](
                 attn_norm=partial(rmsnorm, weight=t(f"layers.{i}.attn_norm"), eps=cfg.norm_eps),
                 ffn_norm=partial(rmsnorm, weight=t(f"layers.{i}.ffn_norm"), eps=cfg.norm_eps),
-                **{name: linear(f"layers.{i}", name) for name in LINEAR_NAMES},
+                qkv=DenseLinears((linear(i, "wq"), linear(i, "wk"), linear(i, "wv"))),
+                wo=linear(i, "wo"),
+                gate_up=DenseLinears((linear(i, "w1"), linear(i, "w3"))),
+                w2=linear(i, "w2"),
                 attention=DenseKVAttention(slots, cfg.n_kv_heads, cfg.head_dim),
                 act=_unchanged,
                 swiglu=_swiglu,

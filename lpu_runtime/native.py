@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 BUILD_HINT = "install a C compiler (e.g. apt-get install gcc) and run `pip install -e .` in the project"
 
@@ -124,6 +128,35 @@ def linear_s8(
         out = np.empty((x_q.shape[0], w.shape[0]), dtype=np.float32)
     _native.linear_s8(x_q, x_scale, w, w_scale, bias, out)
     return out
+
+
+def linear_s8_multi(
+    x_q: NDArray[np.int8],
+    x_scale: NDArray[np.float32],
+    ws: Sequence[NDArray[np.int8]],
+    w_scales: Sequence[NDArray[np.float32]],
+    biases: Sequence[NDArray[np.float32] | None],
+    outs: Sequence[NDArray[np.float32]] | None = None,
+) -> Sequence[NDArray[np.float32]]:
+    """linear_s8 for several matrices that read the same quantized input (q/k/v, gate/up), in one call.
+
+    ws, w_scales, biases (entries may be None) and outs have one entry per matrix (outs=None: allocated);
+    outs[i] = linear_s8(x_q, x_scale, ws[i], w_scales[i], biases[i]) bit for bit, with one check of x_q, one
+    packing of it and one thread-pool dispatch for all the matrices (their row blocks are tasks of the same job).
+    Outputs must not overlap each other (column slices of one wider array are fine). Returns outs. Lists and
+    tuples go to the extension as they are; other sequences are copied into lists first.
+    """
+    _require()
+    if outs is None:
+        outs = [np.empty((x_q.shape[0], w.shape[0]), dtype=np.float32) for w in ws]
+    elif not isinstance(outs, list | tuple):
+        outs = list(outs)
+    _native.linear_s8_multi(x_q, x_scale, _listed(ws), _listed(w_scales), _listed(biases), outs)
+    return outs
+
+
+def _listed(items: Sequence[_T]) -> list[_T] | tuple[_T, ...]:
+    return items if isinstance(items, list | tuple) else list(items)
 
 
 def _quant_outputs(

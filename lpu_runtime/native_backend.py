@@ -7,12 +7,13 @@ in one call. Why these kernels and not a library's: docs/kernels.md.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from lpu_runtime import native
-from lpu_runtime.backend import F16, F32, I8, I64, NumpyBackend, PreparedLinear, QuantizedActs
+from lpu_runtime.backend import F16, F32, I8, I64, LinearWeights, NumpyBackend, PreparedLinear, QuantizedActs
 from lpu_runtime.kernels import RopeTables
 from lpu_runtime.model import PagedBatch
 
@@ -22,12 +23,17 @@ ATTENTION_LANES = 8
 
 @dataclass(frozen=True)
 class NativeLinear:
-    w: I8  # (rows, in) int8, a view into the chip's SRAM
-    scale: F32  # (rows,) float32 view
-    bias: F32 | None  # (rows,) float32 view
+    """Views into the chip's SRAM, read in place by every call: one kernel call for all the matrices."""
 
-    def __call__(self, x: QuantizedActs, out: F32) -> None:
-        native.linear_s8(x.q, x.scale, self.w, self.scale, self.bias, out)
+    ws: tuple[I8, ...]  # (rows, in) int8 each
+    scales: tuple[F32, ...]  # (rows,) float32 each
+    biases: tuple[F32 | None, ...]
+
+    def __call__(self, x: QuantizedActs, outs: Sequence[F32]) -> None:
+        if len(self.ws) == 1:
+            native.linear_s8(x.q, x.scale, self.ws[0], self.scales[0], self.biases[0], outs[0])
+        else:
+            native.linear_s8_multi(x.q, x.scale, self.ws, self.scales, self.biases, tuple(outs))
 
 
 class NativeBackend:
@@ -38,8 +44,9 @@ class NativeBackend:
             raise RuntimeError(native.UNAVAILABLE_REASON)
         self._fallback = NumpyBackend()
 
-    def prepare_linear(self, w: I8, scale: F32, bias: F32 | None) -> PreparedLinear:
-        return NativeLinear(w, scale, bias)
+    def prepare_linear(self, parts: Sequence[LinearWeights]) -> PreparedLinear:
+        ws, scales, biases = zip(*parts, strict=True)
+        return NativeLinear(ws, scales, biases)
 
     def quantize(self, x: F32) -> QuantizedActs:
         return QuantizedActs(*native.quantize_rows(np.ascontiguousarray(x, dtype=np.float32)))
@@ -56,6 +63,9 @@ class NativeBackend:
     def rope(self, x: F32, positions: I64, tables: RopeTables) -> F32:
         native.rope_inplace(x, positions, tables.cos, tables.sin)
         return x
+
+    def store_kv(self, k: F32, v: F32, k_cache: F16, v_cache: F16, slots: I64) -> None:
+        native.kv_store(k, v, k_cache, v_cache, slots)
 
     def attention(self, q: F32, k_cache: F16, v_cache: F16, paged: PagedBatch, out: F32) -> None:
         if q.shape[-1] % ATTENTION_LANES:

@@ -78,6 +78,7 @@ class Speed:
     per_user_tokens_per_s: float
     aggregate_tokens_per_s: float
     ttft_s: float  # the prompt's prefill and the first token, without network or queueing
+    micro_batches: int = 1  # decode micro-batches in flight at once (LPU pipeline stages; 1 on a GPU server)
 
 
 @dataclass(frozen=True)
@@ -167,16 +168,21 @@ def step_cycles(plan: Plan, n_tokens: int, n_ctx: int, n_seqs: int) -> tuple[int
     return total, bottleneck
 
 
+def pipelined_micro_batches(plan: Plan, batch: int, n_ctx: int) -> tuple[int, ...]:
+    """The micro-batch sizes the engine cuts `batch` decoding sequences into at n_ctx (microbatch.py)."""
+    bounds = MicroBatcher(plan).choose([1] * batch, n_ctx)
+    return tuple(b - a for a, b in itertools.pairwise(bounds))
+
+
 def pipelined_token_cycles(plan: Plan, batch: int, n_ctx: int) -> int:
     """Cycles between a sequence's decode tokens when `batch` sequences decode together, each at n_ctx: a
     round of the micro-batches the engine cuts the batch into (microbatch.py, where the equation is)."""
-    batcher = MicroBatcher(plan)
-    bounds = batcher.choose([1] * batch, n_ctx)
-    return batcher.round_cycles([(b - a, b - a) for a, b in itertools.pairwise(bounds)], n_ctx)
+    sizes = pipelined_micro_batches(plan, batch, n_ctx)
+    return MicroBatcher(plan).round_cycles([(n, n) for n in sizes], n_ctx)
 
 
 def lpu_speed(plan: Plan, batch: int, prompt: int, context: int, chunk: int) -> Speed:
-    """Pipelined decode (the engine's micro-batches, up to one per stage) and the prefill's TTFT."""
+    """Pipelined decode (the engine's micro-batches, up to one per stage in flight) and the prefill's TTFT."""
     clock = plan.system.chip.clock_hz
     ctx = (prompt + context) // 2
     token_s = pipelined_token_cycles(plan, batch, ctx) / clock
@@ -184,7 +190,8 @@ def lpu_speed(plan: Plan, batch: int, prompt: int, context: int, chunk: int) -> 
     for start in range(0, prompt, chunk):
         n = min(chunk, prompt - start)
         ttft += step_cycles(plan, n, start + n, 1)[0]
-    return Speed(ctx, 1 / token_s, batch / token_s, ttft / clock)
+    micro = len(pipelined_micro_batches(plan, batch, ctx))
+    return Speed(ctx, 1 / token_s, batch / token_s, ttft / clock, micro)
 
 
 def gpu_speed(hardware: HardwareSpec, model: ModelConfig, batch: int, prompt: int, context: int) -> Speed:
@@ -296,6 +303,7 @@ def to_dict(report: PlanReport) -> dict[str, Any]:
             "per_user_tokens_per_s": round(s.per_user_tokens_per_s, 2),
             "aggregate_tokens_per_s": round(s.aggregate_tokens_per_s, 2),
             "ttft_s": round(s.ttft_s, 6),
+            "micro_batches": s.micro_batches,
         }
 
     def cost(c: OwnershipCost) -> dict[str, float]:
@@ -431,7 +439,7 @@ def render_table(report: PlanReport) -> str:
         f"  time to first token           {s.ttft_s * 1e3:,.1f} ms for {r.prompt} prompt tokens in chunks of "
         f"{lpu.prefill_chunk} (compute and links, no network)",
         f"  aggregate                     {s.aggregate_tokens_per_s:,.1f} tokens/s "
-        f"({r.batch} users in {min(r.batch, len(plan.stages))} micro-batch(es) in flight)",
+        f"({r.batch} user(s) in {s.micro_batches} micro-batch(es) in flight)",
         f"  power                         {lpu.cost.avg_power_kw:,.1f} kW average, {lpu.cost.tdp_kw:,.1f} kW TDP "
         f"(cards and hosts)",
         f"  purchase                      {_usd(lpu.cost.purchase_usd)} ({plan.system.n_chips:,} x "

@@ -65,46 +65,59 @@ class StageOutput:
 
 
 class ShardedLinear:
-    """One matrix split by output channels over a tensor-parallel group."""
+    """Matrices that read the same input, each split by output channels over a tensor-parallel group; every
+    chip runs its shards of all of them as one kernel call (q/k/v, gate/up)."""
 
-    def __init__(self, chips: list[Chip], name: str, gather: bool = True, per_sequence: bool = False) -> None:
-        self.chips, self.name, self.per_sequence = chips, name, per_sequence
-        self.columns = [chip.shards[name].rows for chip in chips]
-        self.width = self.columns[-1][1]
+    def __init__(
+        self, chips: list[Chip], names: tuple[str, ...], gather: bool = True, per_sequence: bool = False
+    ) -> None:
+        self.chips, self.names, self.per_sequence = chips, names, per_sequence
+        self.columns = [[chip.shards[n].rows for n in names] for chip in chips]  # [chip][matrix]
+        self.widths = [self.columns[-1][m][1] for m in range(len(names))]
         # q/k/v shards feed the same chip's attention heads directly, so only the others are all-gathered.
         self.gather = gather and len(chips) > 1
-        self._costs: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+        self._costs: dict[tuple[int, ...], list[list[int]]] = {}
+        for chip in chips:
+            chip.prepare_linear(names)
 
-    def costs(self, tokens: tuple[int, ...]) -> list[tuple[int, ...]]:
-        """Each chip's cycles for each micro-batch of `tokens` rows: its GEMM, then the all-gather."""
+    def costs(self, tokens: tuple[int, ...]) -> list[list[int]]:
+        """Each chip's cycles for each micro-batch of `tokens` rows: every matrix's GEMM and all-gather."""
         costs = self._costs.get(tokens)
         if costs is None:
             lead = self.chips[0]
-            rows0 = self.columns[0][1] - self.columns[0][0]
-            gather = (
-                gather_costs(lead.spec, tokens, rows0 * FP32_BYTES, len(self.chips))
-                if self.gather
-                else (0,) * len(tokens)
-            )
-            costs = [
-                tuple(
-                    g + c
-                    for g, c in zip(
-                        gather, linear_costs(chip.spec, tokens, b - a, chip.cols(self.name)), strict=True
-                    )
-                )
-                for chip, (a, b) in zip(self.chips, self.columns, strict=True)
-            ]
+            costs = []
+            for chip, columns in zip(self.chips, self.columns, strict=True):
+                per_micro = [0] * len(tokens)
+                for name, (a, b), (a0, b0) in zip(self.names, columns, self.columns[0], strict=True):
+                    parts = [linear_costs(chip.spec, tokens, b - a, chip.cols(name))]
+                    if self.gather:
+                        parts.append(gather_costs(lead.spec, tokens, (b0 - a0) * FP32_BYTES, len(self.chips)))
+                    for part in parts:
+                        per_micro = [c + p for c, p in zip(per_micro, part, strict=True)]
+                costs.append(per_micro)
             self._costs[tokens] = costs
         return costs
 
-    def __call__(self, x: QuantizedActs) -> F32:
+    def __call__(self, x: QuantizedActs) -> list[F32]:
+        """One (n_tokens, width) float32 result per matrix, gathered over the group."""
         lead = self.chips[0]
         costs = self.costs(lead.micro_seqs if self.per_sequence else lead.micro_tokens)
-        out = np.empty((x.n_tokens, self.width), dtype=np.float32)
-        for chip, (a, b), cycles in zip(self.chips, self.columns, costs, strict=True):
-            chip.linear(x, self.name, out[:, a:b], cycles)
-        return out
+        outs = [np.empty((x.n_tokens, w), dtype=np.float32) for w in self.widths]
+        for chip, columns, cycles in zip(self.chips, self.columns, costs, strict=True):
+            chip.linear(
+                x, self.names, [out[:, a:b] for out, (a, b) in zip(outs, columns, strict=True)], cycles
+            )
+        return outs
+
+
+class _One:
+    """A single matrix as LayerOps reads it: its one result."""
+
+    def __init__(self, linear: ShardedLinear) -> None:
+        self.linear = linear
+
+    def __call__(self, x: QuantizedActs) -> F32:
+        return self.linear(x)[0]
 
 
 class ShardedAttention:
@@ -150,7 +163,7 @@ class StageWorker:
         self.layers = {layer: self._layer_ops(layer) for layer in self.stage.layers}
         self._vector_costs: dict[tuple[int, ...], list[int]] = {}
         has_head = any(u.kind is UnitKind.HEAD for u in self.stage.units)
-        self.lm_head = ShardedLinear(self.chips, "output", per_sequence=True) if has_head else None
+        self.lm_head = _One(ShardedLinear(self.chips, ("output",), per_sequence=True)) if has_head else None
 
     @property
     def tensor_names(self) -> list[str]:
@@ -195,13 +208,10 @@ class StageWorker:
         return LayerOps[QuantizedActs](
             attn_norm=partial(be.rmsnorm_quantize, weight=lead.tensor(f"{p}.attn_norm"), eps=eps),
             ffn_norm=partial(be.rmsnorm_quantize, weight=lead.tensor(f"{p}.ffn_norm"), eps=eps),
-            wq=ShardedLinear(chips, f"{p}.wq", gather=False),
-            wk=ShardedLinear(chips, f"{p}.wk", gather=False),
-            wv=ShardedLinear(chips, f"{p}.wv", gather=False),
-            wo=ShardedLinear(chips, f"{p}.wo"),
-            w1=ShardedLinear(chips, f"{p}.w1"),
-            w3=ShardedLinear(chips, f"{p}.w3"),
-            w2=ShardedLinear(chips, f"{p}.w2"),
+            qkv=ShardedLinear(chips, (f"{p}.wq", f"{p}.wk", f"{p}.wv"), gather=False),
+            wo=_One(ShardedLinear(chips, (f"{p}.wo",))),
+            gate_up=ShardedLinear(chips, (f"{p}.w1", f"{p}.w3")),
+            w2=_One(ShardedLinear(chips, (f"{p}.w2",))),
             attention=ShardedAttention(chips, layer, group),
             act=be.quantize,
             swiglu=be.silu_mul_quantize,

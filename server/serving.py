@@ -200,10 +200,13 @@ COMPLETION = _Endpoint("cmpl", "prompt", CompletionChunks, _completion_response)
 
 
 class OpenAIServing:
-    def __init__(self, engine: EngineClient, metrics: ServerMetrics, served_model: str) -> None:
+    def __init__(
+        self, engine: EngineClient, metrics: ServerMetrics, served_model: str, model_ids: frozenset[str]
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
-        self.served_model = served_model
+        self.served_model = served_model  # what responses name
+        self.model_ids = model_ids  # what requests may name: the served id and its aliases
         self.fingerprint = system_fingerprint(engine)
 
     async def chat(self, body: ChatCompletionRequest, raw: Request) -> Response:
@@ -233,7 +236,7 @@ class OpenAIServing:
         )
 
     def _check_model(self, model: str) -> None:
-        if model != self.served_model:
+        if model not in self.model_ids:
             raise model_not_found(model, self.served_model)
 
     async def _serve(

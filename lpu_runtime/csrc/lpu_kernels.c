@@ -431,48 +431,79 @@ static inline float hsum8_lanes(const float *l) {
 }
 
 /* ------------------------------------------------------------------------------------------------------------
- * int8 GEMM: acc[m][n] = sum_k a[m][k] * w[n][k], exact in int32.
- * AVX2: the sign trick, maddubs(|w|, sign(a, w)) then madd with ones. |w| is computed once per weight vector
- * and reused for the MR activation rows; |-128| = 0x80 = 128 as an unsigned byte, so a weight byte of -128 is
- * exact too, and pair sums stay within 2 * 128 * 127 = 32512 < 32767 (activations are in [-127, 127]).
+ * int8 GEMM: acc[m][n] = sum_k a[m][k] * w[n][k], exact in int32, for one or several weight matrices that read
+ * the same activations (linear_s8_multi: q/k/v, gate/up) in one pool job.
+ *
+ * M = 1 (decode GEMV), AVX2: the sign trick, maddubs(|w|, sign(a, w)) then madd with ones; |-128| = 0x80 = 128
+ * as an unsigned byte, so a weight byte of -128 is exact, and pair sums stay within 2 * 128 * 127 = 32512 < 32767
+ * (activations are in [-127, 127]; a call whose activations hold -128 takes the portable kernel).
+ *
+ * M > 1, AVX2: int16 multiply-adds (vpmaddwd) on weights split in registers. A 32-byte weight vector read as 16
+ * int16 lanes gives its even bytes as (x << 8) >> 8 and its odd bytes as x >> 8 (arithmetic shifts): 3 shifts
+ * per 32 weights, shared by 8 activation rows, and the weights are still read in place (no copy of w, not even
+ * a transient one). The activations are packed once per call (transient, thread-local) into the matching
+ * layout: per 8-row chunk and 32-wide k-block, each row's 16 even then 16 odd values as int16. vpmaddwd of
+ * int16 values in [-128, 127] is exact (pair sums <= 2 * 128 * 128), so every int8 value, -128 included, is
+ * exact, and int32 accumulation is exact up to K = 131071.
+ * Why not the sign trick there too: per 32 multiply-adds both schemes issue 2 multiplies (vpmaddubsw + vpmaddwd,
+ * or 2 x vpmaddwd) and 2 other ops, but on Zen 3 vpsignb shares a pipe with the multipliers while vpaddd can
+ * issue on all four: the int16 loop measured ~25 multiply-adds per cycle against ~20 (docs/kernels.md).
  * ------------------------------------------------------------------------------------------------------------ */
 
+/* One weight matrix of a call. */
 typedef struct {
-    const int8_t *a;
-    int64_t lda;
     const int8_t *w;
-    int64_t ldw;
-    int64_t M, N, K;
+    int64_t ldw, N;
     int32_t *out_i; /* gemm_s8s8_s32 */
     float *out_f;   /* linear_s8 */
     int64_t ldo;    /* in elements */
-    const float *xs, *ws, *bias;
-    int64_t nb, mb; /* rows of w / a per task */
-    int portable;   /* activations hold -128: use the portable kernel */
-    int64_t n_nblocks;
+    const float *ws, *bias;
+    int64_t nb, n_nblocks; /* weight rows per task and the number of such blocks */
+    int64_t task0;         /* the matrix's first task */
+} gemm_mat;
+
+enum { GEMM_GENERIC = 0, GEMM_GEMV = 1, GEMM_I16 = 2 };
+
+typedef struct {
+    const int8_t *a;
+    int64_t lda, M, K;
+    const float *xs;
+    int kind;
+    int64_t mb, n_mblocks; /* activation rows per task (GEMV, generic) or 8-row chunks per task (I16) */
+    const int16_t *ap;     /* I16: packed activations, MC chunks x KB k-blocks x 512 bytes */
+    int64_t KB, kcb, MC;   /* I16: 32-wide k-blocks, k-blocks per K chunk, 8-row chunks */
+    int n_mats;
+    gemm_mat *mats;
+    int64_t n_tasks;
 } gemm_ctx;
 
+#define I16_ROWS 8        /* activation rows per packed chunk */
+#define I16_KB_ELEMS 256  /* int16 per chunk and k-block: 8 rows x 32 */
+#define I16_KC_MAX 32     /* k-blocks per K chunk (1024 values): a chunk's activations (16 KiB) stay in L1 */
+#define I16_MAX_K 131071  /* K * 128 * 128 < 2^31: exact for every int8 value */
+
 /* Writes one MR x NR block of results. */
-static inline void gemm_store(const gemm_ctx *c, int64_t m0, int64_t n0, int mr, int nr, const int32_t *acc,
-                              int acc_ld) {
+static inline void gemm_store(const gemm_ctx *c, const gemm_mat *mt, int64_t m0, int64_t n0, int mr, int nr,
+                              const int32_t *acc, int acc_ld) {
     for (int i = 0; i < mr; i++) {
         int64_t m = m0 + i;
-        if (c->out_i != NULL) {
-            int32_t *o = c->out_i + m * c->ldo + n0;
+        if (mt->out_i != NULL) {
+            int32_t *o = mt->out_i + m * mt->ldo + n0;
             for (int j = 0; j < nr; j++) o[j] = acc[i * acc_ld + j];
         } else {
-            float *o = c->out_f + m * c->ldo + n0;
+            float *o = mt->out_f + m * mt->ldo + n0;
             float xs = c->xs[m];
             for (int j = 0; j < nr; j++) {
-                float y = ((float)acc[i * acc_ld + j] * xs) * c->ws[n0 + j];
-                if (c->bias != NULL) y = y + c->bias[n0 + j];
+                float y = ((float)acc[i * acc_ld + j] * xs) * mt->ws[n0 + j];
+                if (mt->bias != NULL) y = y + mt->bias[n0 + j];
                 o[j] = y;
             }
         }
     }
 }
 
-static void gemm_block_generic(const gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+static void gemm_block_generic(const gemm_ctx *c, const gemm_mat *mt, int64_t m0, int64_t m1, int64_t n0,
+                               int64_t n1) {
     const int64_t K = c->K;
     for (int64_t m = m0; m < m1; m++) {
         const int8_t *a = c->a + m * c->lda;
@@ -480,12 +511,12 @@ static void gemm_block_generic(const gemm_ctx *c, int64_t m0, int64_t m1, int64_
             int nr = (int)(n1 - n < 4 ? n1 - n : 4);
             int32_t acc[4] = {0, 0, 0, 0};
             for (int j = 0; j < nr; j++) {
-                const int8_t *w = c->w + (n + j) * c->ldw;
+                const int8_t *w = mt->w + (n + j) * mt->ldw;
                 int32_t s = 0;
                 for (int64_t k = 0; k < K; k++) s += (int32_t)a[k] * (int32_t)w[k];
                 acc[j] = s;
             }
-            gemm_store(c, m, n, 1, nr, acc, 4);
+            gemm_store(c, mt, m, n, 1, nr, acc, 4);
         }
     }
 }
@@ -494,67 +525,6 @@ static void gemm_block_generic(const gemm_ctx *c, int64_t m0, int64_t m1, int64_
 /* One 32-byte step of the sign trick for activation vector av against weight vector wv (|wv| in wa). */
 #define S8_DOT(acc, av, wv, wa) \
     acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(wa, _mm256_sign_epi8(av, wv)), ones))
-
-/* Exact int32 dot products of 4 activation rows against 2 weight rows over K (8 results, out[i * 2 + j]).
- * Callers pass repeated row pointers for the rows past the end of a partial block and ignore those results.
- * With PF, the next two weight rows (pf0, pf1) are prefetched at the same offsets: the first pass over a weight
- * pair reads it from DRAM while the previous pair is computed. */
-LPU_AVX2 LPU_INLINE void gemm_kernel_4x2_tpl(const int PF, const int8_t *a0, const int8_t *a1, const int8_t *a2,
-                                             const int8_t *a3, const int8_t *w0, const int8_t *w1,
-                                             const int8_t *pf0, const int8_t *pf1, int64_t K, int32_t *out) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
-            c31 = c00;
-    int64_t k = 0;
-    for (; k + 32 <= K; k += 32) {
-        if (PF && (k & 32) == 0) {
-            _mm_prefetch((const char *)(pf0 + k), _MM_HINT_T0);
-            _mm_prefetch((const char *)(pf1 + k), _MM_HINT_T0);
-        }
-        const __m256i wv0 = _mm256_loadu_si256((const __m256i *)(w0 + k));
-        const __m256i wv1 = _mm256_loadu_si256((const __m256i *)(w1 + k));
-        const __m256i wa0 = _mm256_abs_epi8(wv0); /* |-128| = 0x80: 128 as the unsigned operand */
-        const __m256i wa1 = _mm256_abs_epi8(wv1);
-        __m256i av = _mm256_loadu_si256((const __m256i *)(a0 + k));
-        S8_DOT(c00, av, wv0, wa0);
-        S8_DOT(c01, av, wv1, wa1);
-        av = _mm256_loadu_si256((const __m256i *)(a1 + k));
-        S8_DOT(c10, av, wv0, wa0);
-        S8_DOT(c11, av, wv1, wa1);
-        av = _mm256_loadu_si256((const __m256i *)(a2 + k));
-        S8_DOT(c20, av, wv0, wa0);
-        S8_DOT(c21, av, wv1, wa1);
-        av = _mm256_loadu_si256((const __m256i *)(a3 + k));
-        S8_DOT(c30, av, wv0, wa0);
-        S8_DOT(c31, av, wv1, wa1);
-    }
-    /* 8 horizontal sums: [c00 c01 c10 c11] and [c20 c21 c30 c31] */
-    __m256i g0 = _mm256_hadd_epi32(_mm256_hadd_epi32(c00, c01), _mm256_hadd_epi32(c10, c11));
-    __m256i g1 = _mm256_hadd_epi32(_mm256_hadd_epi32(c20, c21), _mm256_hadd_epi32(c30, c31));
-    _mm_storeu_si128((__m128i *)out, _mm_add_epi32(_mm256_castsi256_si128(g0), _mm256_extracti128_si256(g0, 1)));
-    _mm_storeu_si128((__m128i *)(out + 4),
-                     _mm_add_epi32(_mm256_castsi256_si128(g1), _mm256_extracti128_si256(g1, 1)));
-    if (k < K) {
-        const int8_t *ar[4] = {a0, a1, a2, a3}, *wr[2] = {w0, w1};
-        for (int i = 0; i < 4; i++)
-            for (int j = 0; j < 2; j++) {
-                int32_t v = 0;
-                for (int64_t kk = k; kk < K; kk++) v += (int32_t)ar[i][kk] * (int32_t)wr[j][kk];
-                out[i * 2 + j] += v;
-            }
-    }
-}
-
-LPU_AVX2 static void gemm_kernel_4x2(const int8_t *a0, const int8_t *a1, const int8_t *a2, const int8_t *a3,
-                                     const int8_t *w0, const int8_t *w1, int64_t K, int32_t *out) {
-    gemm_kernel_4x2_tpl(0, a0, a1, a2, a3, w0, w1, NULL, NULL, K, out);
-}
-
-LPU_AVX2 static void gemm_kernel_4x2_pf(const int8_t *a0, const int8_t *a1, const int8_t *a2, const int8_t *a3,
-                                        const int8_t *w0, const int8_t *w1, const int8_t *pf0, const int8_t *pf1,
-                                        int64_t K, int32_t *out) {
-    gemm_kernel_4x2_tpl(1, a0, a1, a2, a3, w0, w1, pf0, pf1, K, out);
-}
 
 /* GEMV: one activation row against one weight row, K streamed in order (4 accumulators, 128 bytes a step)
  * with a software prefetch GEMV_PF bytes ahead. Rows are taken one after the other, so a task reads its block
@@ -589,43 +559,234 @@ LPU_AVX2 static int32_t gemv_row_avx2(const int8_t *a, const int8_t *w, int64_t 
     return v;
 }
 
-LPU_AVX2 static void gemm_block_avx2(const gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-    int32_t acc[8];
-    const int64_t K = c->K;
-#define WROW(n) (c->w + ((n) < n1 ? (n) : n1 - 1) * c->ldw)
-#define AROW(m) (c->a + ((m) < m1 ? (m) : m1 - 1) * c->lda)
-    if (m1 - m0 == 1) { /* GEMV */
-        const int8_t *a = c->a + m0 * c->lda;
-        const int8_t *first = c->w + n0 * c->ldw; /* the stream's start: nothing prefetched it yet */
-        for (int64_t off = 0; off < GEMV_PF && off < (n1 - n0) * c->ldw; off += 64)
-            _mm_prefetch((const char *)(first + off), _MM_HINT_T0);
-        for (int64_t n = n0; n < n1; n++) {
-            acc[0] = gemv_row_avx2(a, c->w + n * c->ldw, K);
-            gemm_store(c, m0, n, 1, 1, acc, 2);
+LPU_AVX2 static void gemv_block_avx2(const gemm_ctx *c, const gemm_mat *mt, int64_t m, int64_t n0, int64_t n1) {
+    const int8_t *a = c->a + m * c->lda;
+    const int8_t *first = mt->w + n0 * mt->ldw; /* the stream's start: nothing prefetched it yet */
+    for (int64_t off = 0; off < GEMV_PF && off < (n1 - n0) * mt->ldw; off += 64)
+        _mm_prefetch((const char *)(first + off), _MM_HINT_T0);
+    for (int64_t n = n0; n < n1; n++) {
+        int32_t acc = gemv_row_avx2(a, mt->w + n * mt->ldw, c->K);
+        gemm_store(c, mt, m, n, 1, 1, &acc, 1);
+    }
+}
+
+/* Packs `rows` (<= 8) activation rows into one chunk: per k-block, row r's 16 even then 16 odd values as int16
+ * (the split of the weights below); rows past `rows` are zeros. */
+LPU_AVX2 static void i16_pack_chunk_avx2(const int8_t *a, int64_t lda, int64_t rows, int64_t KB, int16_t *dst) {
+    for (int64_t r = 0; r < I16_ROWS; r++) {
+        __m256i *d = (__m256i *)dst + 2 * r;
+        if (r < rows) {
+            const int8_t *row = a + r * lda;
+            for (int64_t kb = 0; kb < KB; kb++, d += I16_KB_ELEMS / 16) {
+                __m256i raw = _mm256_loadu_si256((const __m256i *)(row + kb * 32));
+                _mm256_store_si256(d, _mm256_srai_epi16(_mm256_slli_epi16(raw, 8), 8));
+                _mm256_store_si256(d + 1, _mm256_srai_epi16(raw, 8));
+            }
+        } else {
+            for (int64_t kb = 0; kb < KB; kb++, d += I16_KB_ELEMS / 16) {
+                _mm256_store_si256(d, _mm256_setzero_si256());
+                _mm256_store_si256(d + 1, _mm256_setzero_si256());
+            }
+        }
+    }
+}
+
+/* [sum(c0), ..., sum(c7)]: the 8 lanes of each accumulator added (exact: every partial sum is a sum of a subset
+ * of the products, within int32 like the total). */
+LPU_AVX2 LPU_INLINE __m256i hsum8x8_epi32(__m256i c0, __m256i c1, __m256i c2, __m256i c3, __m256i c4, __m256i c5,
+                                          __m256i c6, __m256i c7) {
+    __m256i s0123 = _mm256_hadd_epi32(_mm256_hadd_epi32(c0, c1), _mm256_hadd_epi32(c2, c3));
+    __m256i s4567 = _mm256_hadd_epi32(_mm256_hadd_epi32(c4, c5), _mm256_hadd_epi32(c6, c7));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(s0123, s4567, 0x20),
+                            _mm256_permute2x128_si256(s0123, s4567, 0x31));
+}
+
+/* The inner loop is inline asm: compiled from intrinsics, GCC 12 spilled accumulators of this loop to the stack
+ * (and did the same to the former 4 x 2 kernel). One k-block: split 32 weights into even/odd int16, then per
+ * activation row two vpmaddwd (from the packed chunk in L1) and two vpaddd. */
+#define I16_SPLIT                  \
+    "vmovdqu (%[w]), %[raw]\n\t"   \
+    "vpsllw $8, %[raw], %[we]\n\t" \
+    "vpsraw $8, %[raw], %[wo]\n\t" \
+    "vpsraw $8, %[we], %[we]\n\t"
+#define I16_ROW(off, c)                                \
+    "vpmaddwd " #off "(%[a]), %[we], %[t0]\n\t"        \
+    "vpmaddwd " #off "+32(%[a]), %[wo], %[t1]\n\t"     \
+    "vpaddd %[t0], %[" #c "], %[" #c "]\n\t"           \
+    "vpaddd %[t1], %[" #c "], %[" #c "]\n\t"
+#define I16_TEMPS [raw] "=&x"(raw), [we] "=&x"(we), [wo] "=&x"(wo), [t0] "=&x"(t0), [t1] "=&x"(t1)
+#define I16_INPUTS(a, w) \
+    [a] "r"(a), [w] "r"(w), [am] "m"(*(const char(*)[512])(const void *)(a)), [wm] "m"(*(const char(*)[32])(w))
+
+/* Exact dot products of the 8 rows of a packed chunk (a: at the first k-block) with one weight row over nkb
+ * k-blocks; with PF, the 64-byte lines of pf .. pf + 32 * nkb are prefetched on the way (the next segment of
+ * weights, on the first pass over a block that comes from memory). */
+LPU_AVX2 LPU_INLINE __m256i i16_kernel8_tpl(const int PF, const int16_t *a, const int8_t *w, int64_t nkb,
+                                            const int8_t *pf) {
+    __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+    __m256i raw, we, wo, t0, t1;
+    for (int64_t i = 0; i < nkb; i++, a += I16_KB_ELEMS, w += 32) {
+        if (PF && (i & 1) == 0) _mm_prefetch((const char *)(pf + i * 32), _MM_HINT_T0);
+        __asm__(I16_SPLIT I16_ROW(0, c0) I16_ROW(64, c1) I16_ROW(128, c2) I16_ROW(192, c3) I16_ROW(256, c4)
+                    I16_ROW(320, c5) I16_ROW(384, c6) I16_ROW(448, c7)
+                : [c0] "+x"(c0), [c1] "+x"(c1), [c2] "+x"(c2), [c3] "+x"(c3), [c4] "+x"(c4), [c5] "+x"(c5),
+                  [c6] "+x"(c6), [c7] "+x"(c7), I16_TEMPS
+                : I16_INPUTS(a, w));
+    }
+    return hsum8x8_epi32(c0, c1, c2, c3, c4, c5, c6, c7);
+}
+
+/* The same for the first 4 rows of a chunk (a chunk of 2 to 4 valid rows); lanes 4..7 of the result are 0. */
+LPU_AVX2 LPU_INLINE __m256i i16_kernel4_tpl(const int PF, const int16_t *a, const int8_t *w, int64_t nkb,
+                                            const int8_t *pf) {
+    __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0;
+    __m256i raw, we, wo, t0, t1;
+    for (int64_t i = 0; i < nkb; i++, a += I16_KB_ELEMS, w += 32) {
+        if (PF && (i & 1) == 0) _mm_prefetch((const char *)(pf + i * 32), _MM_HINT_T0);
+        __asm__(I16_SPLIT I16_ROW(0, c0) I16_ROW(64, c1) I16_ROW(128, c2) I16_ROW(192, c3)
+                : [c0] "+x"(c0), [c1] "+x"(c1), [c2] "+x"(c2), [c3] "+x"(c3), I16_TEMPS
+                : I16_INPUTS(a, w));
+    }
+    const __m256i z = _mm256_setzero_si256();
+    return hsum8x8_epi32(c0, c1, c2, c3, z, z, z, z);
+}
+
+LPU_AVX2 static __m256i i16_kernel8(const int16_t *a, const int8_t *w, int64_t nkb) {
+    return i16_kernel8_tpl(0, a, w, nkb, NULL);
+}
+LPU_AVX2 static __m256i i16_kernel8_pf(const int16_t *a, const int8_t *w, int64_t nkb, const int8_t *pf) {
+    return i16_kernel8_tpl(1, a, w, nkb, pf);
+}
+LPU_AVX2 static __m256i i16_kernel4(const int16_t *a, const int8_t *w, int64_t nkb) {
+    return i16_kernel4_tpl(0, a, w, nkb, NULL);
+}
+LPU_AVX2 static __m256i i16_kernel4_pf(const int16_t *a, const int8_t *w, int64_t nkb, const int8_t *pf) {
+    return i16_kernel4_tpl(1, a, w, nkb, pf);
+}
+
+/* Writes the results of one chunk: tile[j * 8 + i] = acc of activation row m0 + i and weight row n0 + j. 8 x 8
+ * blocks are transposed so that each output row gets 8 contiguous values; the float arithmetic is gemm_store's
+ * (((float)acc * xs) * ws) + bias, lane by lane, so the results are the same bits. */
+LPU_AVX2 static void i16_store_avx2(const gemm_ctx *c, const gemm_mat *mt, const int32_t *tile, int64_t m0,
+                                    int rows, int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; n += 8) {
+        const int cols = (int)(n1 - n < 8 ? n1 - n : 8);
+        const int32_t *tb = tile + (n - n0) * I16_ROWS;
+        __m256i v[8];
+        for (int j = 0; j < 8; j++)
+            v[j] = j < cols ? _mm256_loadu_si256((const __m256i *)(tb + j * I16_ROWS)) : _mm256_setzero_si256();
+        __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+        __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+        __m256i t4 = _mm256_unpacklo_epi32(v[4], v[5]), t5 = _mm256_unpackhi_epi32(v[4], v[5]);
+        __m256i t6 = _mm256_unpacklo_epi32(v[6], v[7]), t7 = _mm256_unpackhi_epi32(v[6], v[7]);
+        __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+        __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+        __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+        __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+        __m256i r[8];
+        r[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
+        r[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
+        r[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
+        r[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
+        r[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
+        r[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
+        r[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
+        r[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
+        for (int i = 0; i < rows; i++) {
+            const int64_t m = m0 + i;
+            if (cols < 8) {
+                int32_t acc[8];
+                _mm256_storeu_si256((__m256i *)acc, r[i]);
+                gemm_store(c, mt, m, n, 1, cols, acc, 8);
+            } else if (mt->out_i != NULL) {
+                _mm256_storeu_si256((__m256i *)(mt->out_i + m * mt->ldo + n), r[i]);
+            } else {
+                __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(r[i]), _mm256_set1_ps(c->xs[m]));
+                y = _mm256_mul_ps(y, _mm256_loadu_ps(mt->ws + n));
+                if (mt->bias != NULL) y = _mm256_add_ps(y, _mm256_loadu_ps(mt->bias + n));
+                _mm256_storeu_ps(mt->out_f + m * mt->ldo + n, y);
+            }
+        }
+    }
+}
+
+/* Adds the K tail (K not a multiple of 32) to a chunk's tile in scalar C (integers: exact in any order). */
+static void i16_tail(const gemm_ctx *c, const gemm_mat *mt, int32_t *tile, int64_t m0, int rows, int64_t n0,
+                     int64_t n1) {
+    for (int64_t n = n0; n < n1; n++) {
+        const int8_t *w = mt->w + n * mt->ldw;
+        for (int i = 0; i < rows; i++) {
+            const int8_t *a = c->a + (m0 + i) * c->lda;
+            int32_t v = 0;
+            for (int64_t k = c->KB * 32; k < c->K; k++) v += (int32_t)a[k] * (int32_t)w[k];
+            tile[(n - n0) * I16_ROWS + i] += v;
+        }
+    }
+}
+
+/* One K chunk [kb0, kb0 + nkb) of one packed chunk against weight rows [n0, n1) into tile (= or +=). With
+ * prefetch, the next weight segment is prefetched while one is computed: on the block's first pass (weights from
+ * memory), and on every pass when K is split (the segments are then a row stride apart, which the hardware
+ * prefetcher follows less well than one contiguous stream). */
+LPU_AVX2 static void i16_chunk_avx2(const gemm_mat *mt, const int16_t *ak, int rows, int64_t kb0, int64_t nkb,
+                                    int64_t n0, int64_t n1, int prefetch, int32_t *tile) {
+    const int64_t ldw = mt->ldw;
+    for (int64_t n = n0; n < n1; n++) {
+        const int8_t *wr = mt->w + n * ldw + kb0 * 32;
+        __m256i s;
+        if (prefetch) {
+            const int8_t *pf = n + 1 < n1 ? wr + ldw : mt->w + n0 * ldw + (kb0 + nkb) * 32; /* never faults */
+            s = rows > 4 ? i16_kernel8_pf(ak, wr, nkb, pf) : i16_kernel4_pf(ak, wr, nkb, pf);
+        } else {
+            s = rows > 4 ? i16_kernel8(ak, wr, nkb) : i16_kernel4(ak, wr, nkb);
+        }
+        __m256i *tp = (__m256i *)(tile + (n - n0) * I16_ROWS);
+        _mm256_storeu_si256(tp, kb0 == 0 ? s : _mm256_add_epi32(_mm256_loadu_si256(tp), s));
+    }
+}
+
+/* A task: the packed chunks [mc0, mc1) of activation rows against weight rows [n0, n1), a block of weights that
+ * stays in L2 (the first chunk's pass brings it from memory). K is walked in chunks of at most I16_KC_MAX
+ * k-blocks so that a chunk's packed activations (16 KiB) stay in L1 while the weight rows stream past. With one
+ * K chunk, each activation chunk is finished and stored in turn; with several, K chunks are the outer loop (the
+ * weights of one K chunk, not of all K, have to stay in L2, so blocks can have more rows and the activations are
+ * re-read less often) and the tile holds the whole task. */
+LPU_AVX2 static void i16_block_avx2(const gemm_ctx *c, const gemm_mat *mt, int64_t mc0, int64_t mc1, int64_t n0,
+                                    int64_t n1) {
+    const int64_t KB = c->KB, nn = n1 - n0, tile_stride = nn * I16_ROWS;
+    const int one_chunk = KB <= c->kcb;
+    int32_t *tiles = (int32_t *)scratch((size_t)((one_chunk ? 1 : mc1 - mc0) * tile_stride + 8) * sizeof(int32_t));
+    if (tiles == NULL) return;
+#define ROWS_OF(mc) ((int)(c->M - (mc)*I16_ROWS < I16_ROWS ? c->M - (mc)*I16_ROWS : I16_ROWS))
+    if (one_chunk) {
+        for (int64_t mc = mc0; mc < mc1; mc++) {
+            const int rows = ROWS_OF(mc);
+            if (KB > 0)
+                i16_chunk_avx2(mt, c->ap + mc * KB * I16_KB_ELEMS, rows, 0, KB, n0, n1, mc == mc0, tiles);
+            else /* K < 32: all of it is the tail */
+                memset(tiles, 0, (size_t)tile_stride * sizeof(int32_t));
+            if (KB * 32 < c->K) i16_tail(c, mt, tiles, mc * I16_ROWS, rows, n0, n1);
+            i16_store_avx2(c, mt, tiles, mc * I16_ROWS, rows, n0, n1);
         }
         return;
     }
-    /* Activation rows outer (4 at a time, from L1), weight pairs inner (the task's block of weight rows stays in
-     * L2): the first pass over the block reads it from memory, prefetching the next pair while computing one. */
-    for (int64_t m = m0; m < m1; m += 4) {
-        int mr = (int)(m1 - m < 4 ? m1 - m : 4);
-        const int8_t *a0 = AROW(m), *a1 = AROW(m + 1), *a2 = AROW(m + 2), *a3 = AROW(m + 3);
-        for (int64_t n = n0; n < n1; n += 2) {
-            int nr = (int)(n1 - n < 2 ? n1 - n : 2);
-            if (m == m0)
-                gemm_kernel_4x2_pf(a0, a1, a2, a3, WROW(n), WROW(n + 1), WROW(n + 2), WROW(n + 3), K, acc);
-            else
-                gemm_kernel_4x2(a0, a1, a2, a3, WROW(n), WROW(n + 1), K, acc);
-            gemm_store(c, m, n, mr, nr, acc, 2);
-        }
+    for (int64_t kb0 = 0; kb0 < KB; kb0 += c->kcb) {
+        const int64_t nkb = KB - kb0 < c->kcb ? KB - kb0 : c->kcb;
+        for (int64_t mc = mc0; mc < mc1; mc++)
+            i16_chunk_avx2(mt, c->ap + (mc * KB + kb0) * I16_KB_ELEMS, ROWS_OF(mc), kb0, nkb, n0, n1, 1,
+                           tiles + (mc - mc0) * tile_stride);
     }
-#undef WROW
-#undef AROW
+    for (int64_t mc = mc0; mc < mc1; mc++) {
+        int32_t *tile = tiles + (mc - mc0) * tile_stride;
+        if (KB * 32 < c->K) i16_tail(c, mt, tile, mc * I16_ROWS, ROWS_OF(mc), n0, n1);
+        i16_store_avx2(c, mt, tile, mc * I16_ROWS, ROWS_OF(mc), n0, n1);
+    }
+#undef ROWS_OF
 }
 #endif
 
-/* Does any activation byte equal -128? The sign trick needs a in [-127, 127] (our quantizers never produce
- * -128); a call that has one takes the portable kernel, exact for every int8 value. */
+/* Does any activation byte equal -128? The GEMV's sign trick needs a in [-127, 127] (our quantizers never
+ * produce -128); a call that has one takes the portable kernel, exact for every int8 value. */
 static int has_int8_min(const int8_t *a, int64_t M, int64_t K, int64_t lda) {
     for (int64_t m = 0; m < M; m++) {
         const int8_t *row = a + m * lda;
@@ -638,42 +799,139 @@ static int has_int8_min(const int8_t *a, int64_t M, int64_t K, int64_t lda) {
 
 static void gemm_task(void *vctx, int64_t t) {
     const gemm_ctx *c = (const gemm_ctx *)vctx;
-    int64_t mi = t / c->n_nblocks, ni = t % c->n_nblocks;
-    int64_t m0 = mi * c->mb, m1 = m0 + c->mb < c->M ? m0 + c->mb : c->M;
-    int64_t n0 = ni * c->nb, n1 = n0 + c->nb < c->N ? n0 + c->nb : c->N;
+    int i = 0;
+    while (i + 1 < c->n_mats && t >= c->mats[i + 1].task0) i++;
+    const gemm_mat *mt = &c->mats[i];
+    const int64_t local = t - mt->task0;
+    const int64_t ni = local / c->n_mblocks, mi = local % c->n_mblocks;
+    const int64_t n0 = ni * mt->nb, n1 = n0 + mt->nb < mt->N ? n0 + mt->nb : mt->N;
 #if LPU_X86
-    if (active_isa == ISA_AVX2 && !c->portable) {
-        gemm_block_avx2(c, m0, m1, n0, n1);
+    if (c->kind == GEMM_I16) {
+        int64_t mc0 = mi * c->mb, mc1 = mc0 + c->mb < c->MC ? mc0 + c->mb : c->MC;
+        i16_block_avx2(c, mt, mc0, mc1, n0, n1);
+        return;
+    }
+    if (c->kind == GEMM_GEMV) {
+        gemv_block_avx2(c, mt, mi, n0, n1);
         return;
     }
 #endif
-    gemm_block_generic(c, m0, m1, n0, n1);
+    int64_t m0 = mi * c->mb, m1 = m0 + c->mb < c->M ? m0 + c->mb : c->M;
+    gemm_block_generic(c, mt, m0, m1, n0, n1);
 }
 
-static void gemm_run(gemm_ctx *c) {
-    if (c->M == 0 || c->N == 0) return;
-    c->portable = active_isa == ISA_AVX2 && has_int8_min(c->a, c->M, c->K, c->lda);
-    int threads = pool.want_threads;
-    /* Weight rows per task: a block of w that stays in L2 while the activation rows stream past it, and
-     * enough tasks (8 per thread) for the dynamic split to balance. */
-    int64_t l2_rows = (c->K > 0 ? (192 * 1024) / c->K : c->N);
-    if (l2_rows < 4) l2_rows = 4;
-    int64_t per_thread = (c->N + (int64_t)threads * 8 - 1) / ((int64_t)threads * 8);
-    int64_t nb = per_thread < 16 ? 16 : per_thread;
-    if (c->M > 4 && nb > l2_rows) nb = l2_rows;
-    nb = (nb + 3) & ~(int64_t)3;
-    if (nb > c->N) nb = c->N;
-    c->nb = nb;
-    c->n_nblocks = (c->N + nb - 1) / nb;
-    c->mb = c->M <= 64 ? c->M : 64;
-    int64_t n_mblocks = (c->M + c->mb - 1) / c->mb;
-    int64_t tasks = n_mblocks * c->n_nblocks;
-    /* Tiny products are not worth waking a worker. */
-    if (c->M * c->N * (c->K + 16) < 64 * 1024) {
-        for (int64_t t = 0; t < tasks; t++) gemm_task(c, t);
-        return;
+/* Thread-local buffer for the packed activations of the calling thread (tasks use scratch()); kept between
+ * calls up to PACK_KEEP bytes. */
+#define PACK_KEEP (16u << 20)
+static __thread void *tl_pack = NULL;
+static __thread size_t tl_pack_bytes = 0;
+
+#if LPU_X86
+static void *pack_buffer(size_t bytes) {
+    if (bytes > tl_pack_bytes) {
+        free(tl_pack);
+        size_t want = (bytes + 4095) & ~(size_t)4095;
+        tl_pack = aligned_alloc(64, want);
+        tl_pack_bytes = tl_pack ? want : 0;
     }
-    pool_run(gemm_task, c, tasks);
+    return tl_pack;
+}
+#endif
+
+static void pack_release(void) {
+    if (tl_pack_bytes > PACK_KEEP) {
+        free(tl_pack);
+        tl_pack = NULL;
+        tl_pack_bytes = 0;
+    }
+}
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Splits every matrix into blocks of weight rows (and the activations into blocks of rows) so that there are
+ * enough tasks for the dynamic split to balance (4 per thread), each weight block fitting in L2 (I16). */
+static void gemm_plan(gemm_ctx *c) {
+    const int64_t threads = pool.want_threads, M = c->M, K = c->K;
+    int64_t total_n = 0;
+    for (int i = 0; i < c->n_mats; i++) total_n += c->mats[i].N;
+    int64_t nb_cap, mb;
+    if (c->kind == GEMM_I16) {
+        c->KB = K / 32;
+        c->kcb = c->KB > 0 ? ceil_div(c->KB, ceil_div(c->KB, I16_KC_MAX)) : 1;
+        c->MC = ceil_div(M, I16_ROWS);
+        /* A block of weights: 256 KiB of the 512 KiB L2 for one K chunk (all of K when it is one chunk). */
+        const int64_t kc_bytes = c->KB > c->kcb ? c->kcb * 32 : (K > 0 ? K : 1);
+        nb_cap = (256 * 1024) / kc_bytes;
+        if (nb_cap < 16) nb_cap = 16;
+        mb = c->MC;
+        if (c->KB > c->kcb) { /* several K chunks: the task's tile (mb x 8 x nb int32) stays within 128 KiB */
+            int64_t tile_cap = (128 * 1024) / (nb_cap * I16_ROWS * 4);
+            if (mb > tile_cap) mb = tile_cap > 1 ? tile_cap : 1;
+        }
+        for (;;) {
+            int64_t tasks = 0;
+            for (int i = 0; i < c->n_mats; i++) tasks += ceil_div(c->mats[i].N, nb_cap);
+            tasks *= ceil_div(c->MC, mb);
+            if (tasks >= 4 * threads) break;
+            if (mb > 8) /* blocks of at least 64 activation rows */
+                mb = ceil_div(mb, 2);
+            else if (nb_cap > 16)
+                nb_cap = nb_cap / 2 > 16 ? nb_cap / 2 : 16;
+            else
+                break;
+        }
+        c->mb = mb;
+        c->n_mblocks = ceil_div(c->MC, mb);
+    } else {
+        /* GEMV (and the portable kernel): 8 tasks per thread over all matrices' rows, at least 16 rows each. */
+        nb_cap = ceil_div(total_n, threads * 8);
+        if (nb_cap < 16) nb_cap = 16;
+        c->mb = M <= 64 ? (M > 0 ? M : 1) : 64;
+        c->n_mblocks = ceil_div(M, c->mb);
+    }
+    int64_t tasks = 0;
+    for (int i = 0; i < c->n_mats; i++) {
+        gemm_mat *mt = &c->mats[i];
+        mt->task0 = tasks;
+        mt->n_nblocks = mt->N > 0 ? ceil_div(mt->N, nb_cap) : 0;
+        mt->nb = mt->n_nblocks > 0 ? ceil_div(mt->N, mt->n_nblocks) : 1; /* balanced blocks */
+        tasks += mt->n_nblocks * c->n_mblocks;
+    }
+    c->n_tasks = tasks;
+}
+
+/* Runs the GEMM(s) of c; returns -1 when memory for the packed activations or a task's scratch ran out. */
+static int gemm_run(gemm_ctx *c) {
+    int64_t total_n = 0;
+    for (int i = 0; i < c->n_mats; i++) total_n += c->mats[i].N;
+    if (c->M == 0 || total_n == 0) return 0;
+    c->kind = GEMM_GENERIC;
+    if (active_isa == ISA_AVX2) {
+        if (c->M == 1)
+            c->kind = has_int8_min(c->a, c->M, c->K, c->lda) ? GEMM_GENERIC : GEMM_GEMV;
+        else
+            c->kind = c->K > I16_MAX_K && has_int8_min(c->a, c->M, c->K, c->lda) ? GEMM_GENERIC : GEMM_I16;
+    }
+    gemm_plan(c);
+#if LPU_X86
+    if (c->kind == GEMM_I16 && c->KB > 0) {
+        int16_t *ap = (int16_t *)pack_buffer((size_t)(c->MC * c->KB) * I16_KB_ELEMS * sizeof(int16_t));
+        if (ap == NULL) return -1;
+        for (int64_t mc = 0; mc < c->MC; mc++) {
+            int64_t rows = c->M - mc * I16_ROWS < I16_ROWS ? c->M - mc * I16_ROWS : I16_ROWS;
+            i16_pack_chunk_avx2(c->a + mc * I16_ROWS * c->lda, c->lda, rows, c->KB, ap + mc * c->KB * I16_KB_ELEMS);
+        }
+        c->ap = ap;
+    }
+#endif
+    /* Tiny products are not worth waking a worker. */
+    if (c->M * total_n * (c->K + 16) < 64 * 1024) {
+        for (int64_t t = 0; t < c->n_tasks; t++) gemm_task(c, t);
+    } else {
+        pool_run(gemm_task, c, c->n_tasks);
+    }
+    if (c->kind == GEMM_I16) pack_release();
+    return atomic_exchange(&scratch_failed, 0) ? -1 : 0;
 }
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -1104,15 +1362,23 @@ LPU_AVX2 static void pv_accum_f16_avx2(float *acc, const float *e, const uint16_
 LPU_AVX2 static float softmax_avx2(float *sc, int64_t n, int64_t n_pad) {
     const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    const int64_t full = n & ~(int64_t)7; /* vectors whose 8 lanes are all valid: no masking needed */
     __m256 mx = ninf;
-    for (int64_t j = 0; j < n_pad; j += 8) {
+    int64_t j = 0;
+    for (; j < full; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(sc + j));
+    for (; j < n_pad; j += 8) {
         __m256 valid = _mm256_cmp_ps(_mm256_add_ps(lane, _mm256_set1_ps((float)j)), _mm256_set1_ps((float)n),
                                      _CMP_LT_OQ);
         mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, _mm256_loadu_ps(sc + j), valid));
     }
     __m256 m = _mm256_set1_ps(hmax8_avx2(mx));
     __m256 acc = _mm256_setzero_ps();
-    for (int64_t j = 0; j < n_pad; j += 8) {
+    for (j = 0; j < full; j += 8) {
+        __m256 e = exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(sc + j), m));
+        _mm256_storeu_ps(sc + j, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    for (; j < n_pad; j += 8) {
         __m256 valid = _mm256_cmp_ps(_mm256_add_ps(lane, _mm256_set1_ps((float)j)), _mm256_set1_ps((float)n),
                                      _CMP_LT_OQ);
         __m256 e = exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(sc + j), m));
@@ -1169,6 +1435,105 @@ LPU_AVX2 static void pv_accum_avx2(float *acc, const float *e, const float *vb, 
         _mm256_storeu_ps(acc + d, a0);
     }
 }
+
+/* scores8_avx2's arithmetic for two query vectors (q0, q1) against 4 keys (kb: 4 x D floats): per (query, key)
+ * the same 8-lane partial sums over D and the same tree, so each score has the same bits as from scores8_avx2;
+ * blocking two queries on one pass over the keys saves a third of the loads. s0[0..4) and s1[0..4). */
+LPU_AVX2 static void scores2x4_avx2(const float *q0, const float *q1, const float *kb, int64_t D, float scale,
+                                    float *s0, float *s1) {
+    __m256 p0, p1, p2, p3, p4, p5, p6, p7;
+    {
+        __m256 a = _mm256_loadu_ps(q0), b = _mm256_loadu_ps(q1);
+        __m256 k0 = _mm256_loadu_ps(kb), k1 = _mm256_loadu_ps(kb + D);
+        __m256 k2 = _mm256_loadu_ps(kb + 2 * D), k3 = _mm256_loadu_ps(kb + 3 * D);
+        p0 = _mm256_mul_ps(a, k0);
+        p1 = _mm256_mul_ps(a, k1);
+        p2 = _mm256_mul_ps(a, k2);
+        p3 = _mm256_mul_ps(a, k3);
+        p4 = _mm256_mul_ps(b, k0);
+        p5 = _mm256_mul_ps(b, k1);
+        p6 = _mm256_mul_ps(b, k2);
+        p7 = _mm256_mul_ps(b, k3);
+    }
+    for (int64_t c = 8; c < D; c += 8) {
+        __m256 a = _mm256_loadu_ps(q0 + c), b = _mm256_loadu_ps(q1 + c);
+        __m256 k0 = _mm256_loadu_ps(kb + c), k1 = _mm256_loadu_ps(kb + D + c);
+        __m256 k2 = _mm256_loadu_ps(kb + 2 * D + c), k3 = _mm256_loadu_ps(kb + 3 * D + c);
+        p0 = _mm256_add_ps(p0, _mm256_mul_ps(a, k0));
+        p1 = _mm256_add_ps(p1, _mm256_mul_ps(a, k1));
+        p2 = _mm256_add_ps(p2, _mm256_mul_ps(a, k2));
+        p3 = _mm256_add_ps(p3, _mm256_mul_ps(a, k3));
+        p4 = _mm256_add_ps(p4, _mm256_mul_ps(b, k0));
+        p5 = _mm256_add_ps(p5, _mm256_mul_ps(b, k1));
+        p6 = _mm256_add_ps(p6, _mm256_mul_ps(b, k2));
+        p7 = _mm256_add_ps(p7, _mm256_mul_ps(b, k3));
+    }
+    __m256 h01 = _mm256_hadd_ps(p0, p1), h23 = _mm256_hadd_ps(p2, p3);
+    __m256 h45 = _mm256_hadd_ps(p4, p5), h67 = _mm256_hadd_ps(p6, p7);
+    __m256 h0123 = _mm256_hadd_ps(h01, h23), h4567 = _mm256_hadd_ps(h45, h67);
+    __m256 lo = _mm256_permute2f128_ps(h0123, h4567, 0x20);
+    __m256 hi = _mm256_permute2f128_ps(h0123, h4567, 0x31);
+    __m256 r = _mm256_mul_ps(_mm256_add_ps(lo, hi), _mm256_set1_ps(scale));
+    _mm_storeu_ps(s0, _mm256_castps256_ps128(r));
+    _mm_storeu_ps(s1, _mm256_extractf128_ps(r, 1));
+}
+
+/* pv_accum_avx2 for two (row, head) pairs over the same n values: acc0 += e0_j * v_j and acc1 += e1_j * v_j in
+ * position order, per element the same operations as pv_accum_avx2 (32 lanes of D per pass, each v read once for
+ * both). D a multiple of 8. */
+LPU_AVX2 static void pv_accum2_avx2(float *acc0, float *acc1, const float *e0, const float *e1, const float *vb,
+                                    int64_t n, int64_t D) {
+    for (int64_t d = 0; d < D; d += 32) {
+        const int64_t nv = (D - d < 32 ? D - d : 32) / 8;
+        if (nv == 4) {
+            __m256 a0 = _mm256_loadu_ps(acc0 + d), a1 = _mm256_loadu_ps(acc0 + d + 8);
+            __m256 a2 = _mm256_loadu_ps(acc0 + d + 16), a3 = _mm256_loadu_ps(acc0 + d + 24);
+            __m256 b0 = _mm256_loadu_ps(acc1 + d), b1 = _mm256_loadu_ps(acc1 + d + 8);
+            __m256 b2 = _mm256_loadu_ps(acc1 + d + 16), b3 = _mm256_loadu_ps(acc1 + d + 24);
+            for (int64_t j = 0; j < n; j++) {
+                const float *v = vb + j * D + d;
+                __m256 v0 = _mm256_loadu_ps(v), v1 = _mm256_loadu_ps(v + 8);
+                __m256 v2 = _mm256_loadu_ps(v + 16), v3 = _mm256_loadu_ps(v + 24);
+                __m256 x = _mm256_broadcast_ss(e0 + j), y = _mm256_broadcast_ss(e1 + j);
+                a0 = _mm256_add_ps(a0, _mm256_mul_ps(x, v0));
+                a1 = _mm256_add_ps(a1, _mm256_mul_ps(x, v1));
+                a2 = _mm256_add_ps(a2, _mm256_mul_ps(x, v2));
+                a3 = _mm256_add_ps(a3, _mm256_mul_ps(x, v3));
+                b0 = _mm256_add_ps(b0, _mm256_mul_ps(y, v0));
+                b1 = _mm256_add_ps(b1, _mm256_mul_ps(y, v1));
+                b2 = _mm256_add_ps(b2, _mm256_mul_ps(y, v2));
+                b3 = _mm256_add_ps(b3, _mm256_mul_ps(y, v3));
+            }
+            _mm256_storeu_ps(acc0 + d, a0);
+            _mm256_storeu_ps(acc0 + d + 8, a1);
+            _mm256_storeu_ps(acc0 + d + 16, a2);
+            _mm256_storeu_ps(acc0 + d + 24, a3);
+            _mm256_storeu_ps(acc1 + d, b0);
+            _mm256_storeu_ps(acc1 + d + 8, b1);
+            _mm256_storeu_ps(acc1 + d + 16, b2);
+            _mm256_storeu_ps(acc1 + d + 24, b3);
+        } else {
+            for (int64_t i = 0; i < nv; i++) {
+                __m256 a = _mm256_loadu_ps(acc0 + d + 8 * i), b = _mm256_loadu_ps(acc1 + d + 8 * i);
+                for (int64_t j = 0; j < n; j++) {
+                    __m256 v = _mm256_loadu_ps(vb + j * D + d + 8 * i);
+                    a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_broadcast_ss(e0 + j), v));
+                    b = _mm256_add_ps(b, _mm256_mul_ps(_mm256_broadcast_ss(e1 + j), v));
+                }
+                _mm256_storeu_ps(acc0 + d + 8 * i, a);
+                _mm256_storeu_ps(acc1 + d + 8 * i, b);
+            }
+        }
+    }
+}
+
+/* o[0..D) = a / s, 8 lanes at a time; returns how many were done. */
+LPU_AVX2 static int64_t div_row_avx2(float *o, const float *a, float s, int64_t D) {
+    const __m256 vs = _mm256_set1_ps(s);
+    int64_t d = 0;
+    for (; d + 8 <= D; d += 8) _mm256_storeu_ps(o + d, _mm256_div_ps(_mm256_loadu_ps(a + d), vs));
+    return d;
+}
 #endif
 
 static void pv_accum_generic(float *acc, const float *e, const float *vb, int64_t n, int64_t D) {
@@ -1188,6 +1553,69 @@ static inline void prefetch_piece(const uint16_t *row, int64_t D) {
     (void)D;
 #endif
 }
+
+#if LPU_X86
+/* The (row, head) pairs of a task for one KV head, in the order the pair loops below take them: row by row, each
+ * row's group of query heads. */
+#define ATT_PAIR(ri, kvi, g) (((ri)*NKV + (kvi)) * G + (g))
+
+/* Pass 1 for one chunk of converted keys (kbuf: cn keys from c0) and one KV head, AVX2: pairs two by two
+ * (consecutive heads of a row, or the last head of a row with the first of the next), 4 keys at a time. A row
+ * computes its scores up to its own last key rounded up to 4 (or to its partner's): scores past a row's
+ * position land in its padding and are never read (softmax and the value pass stop at the row's position). */
+LPU_AVX2 static void att_scores_pairs_avx2(const att_ctx *c, const att_task *tk, const float *kbuf, float *sc,
+                                           int64_t nk_pad, int64_t c0, int64_t cn, int64_t kvi, int64_t kvh,
+                                           int64_t start, int64_t row0) {
+    const int64_t D = c->D, G = c->group, R = tk->r1 - tk->r0, NKV = tk->kv1 - tk->kv0, P = R * G;
+    for (int64_t p = 0; p < P; p += 2) {
+        const int64_t ri0 = p / G, g0 = p % G, ri1 = (p + 1) / G, g1 = (p + 1) % G;
+        const int two = p + 1 < P;
+        const int64_t nk0 = start + (tk->r0 + ri0 - row0) + 1, nk1 = start + (tk->r0 + ri1 - row0) + 1;
+        const int64_t nk = two && nk1 > nk0 ? nk1 : nk0;
+        if (nk <= c0) continue;
+        const int64_t upto = nk - c0 < cn ? nk - c0 : cn;
+        const float *qa = c->q + (tk->r0 + ri0) * c->ldq + (kvh * G + g0) * D;
+        float *sa = sc + ATT_PAIR(ri0, kvi, g0) * nk_pad + c0;
+        if (two) {
+            const float *qb = c->q + (tk->r0 + ri1) * c->ldq + (kvh * G + g1) * D;
+            float *sb = sc + ATT_PAIR(ri1, kvi, g1) * nk_pad + c0;
+            for (int64_t b = 0; b < upto; b += 4) scores2x4_avx2(qa, qb, kbuf + b * D, D, c->scale, sa + b, sb + b);
+        } else {
+            for (int64_t b = 0; b < upto; b += 8) scores8_avx2(qa, kbuf + b * D, D, c->scale, sa + b);
+        }
+    }
+}
+
+/* Pass 3 for one chunk of converted values, AVX2: pairs two by two over the keys both see, then the longer one
+ * alone over the rest (each pair's sum stays in position order). */
+LPU_AVX2 static void att_pv_pairs_avx2(const att_ctx *c, const att_task *tk, const float *vbuf, const float *sc,
+                                       float *acc, int64_t nk_pad, int64_t c0, int64_t cn, int64_t kvi,
+                                       int64_t start, int64_t row0) {
+    const int64_t D = c->D, G = c->group, R = tk->r1 - tk->r0, NKV = tk->kv1 - tk->kv0, P = R * G;
+    for (int64_t p = 0; p < P; p += 2) {
+        const int two = p + 1 < P;
+        int64_t pi[2], upto[2];
+        for (int i = 0; i < 1 + two; i++) {
+            const int64_t ri = (p + i) / G, g = (p + i) % G;
+            const int64_t nk = start + (tk->r0 + ri - row0) + 1;
+            pi[i] = ATT_PAIR(ri, kvi, g);
+            upto[i] = nk <= c0 ? 0 : (nk - c0 < cn ? nk - c0 : cn);
+        }
+        if (!two) {
+            if (upto[0] > 0) pv_accum_avx2(acc + pi[0] * D, sc + pi[0] * nk_pad + c0, vbuf, upto[0], D);
+            continue;
+        }
+        const int64_t both = upto[0] < upto[1] ? upto[0] : upto[1];
+        if (both > 0)
+            pv_accum2_avx2(acc + pi[0] * D, acc + pi[1] * D, sc + pi[0] * nk_pad + c0, sc + pi[1] * nk_pad + c0,
+                           vbuf, both, D);
+        for (int i = 0; i < 2; i++)
+            if (upto[i] > both)
+                pv_accum_avx2(acc + pi[i] * D, sc + pi[i] * nk_pad + c0 + both, vbuf + both * D, upto[i] - both, D);
+    }
+}
+#undef ATT_PAIR
+#endif
 
 /* A task: rows [r0, r1) of one sequence, KV heads [kv0, kv1). Keys are walked in chunks of ATT_KC slots and,
  * inside a chunk, KV head by KV head, so each slot's row of the cache (all heads, contiguous) is read in one
@@ -1233,6 +1661,12 @@ static void att_task_run(void *vctx, int64_t t) {
 #endif
                     convert_rows_generic(c->kc, table, c0, cn, cn_pad, Hkv, kvh, D, kbuf);
             }
+#if LPU_X86
+            if (avx2 && !direct) { /* (row, head) pairs two by two against 4 keys at a time */
+                att_scores_pairs_avx2(c, tk, kbuf, sc, nk_pad, c0, cn, kvi, kvh, start, row0);
+                continue;
+            }
+#endif
             for (int64_t ri = 0; ri < R; ri++) {
                 int64_t nk = start + (tk->r0 + ri - row0) + 1;
                 if (nk <= c0) continue;
@@ -1288,6 +1722,12 @@ static void att_task_run(void *vctx, int64_t t) {
 #endif
                     convert_rows_generic(c->vc, table, c0, cn, cn, Hkv, kvh, D, kbuf);
             }
+#if LPU_X86
+            if (avx2 && !direct) {
+                att_pv_pairs_avx2(c, tk, kbuf, sc, acc, nk_pad, c0, cn, kvi, start, row0);
+                continue;
+            }
+#endif
             for (int64_t ri = 0; ri < R; ri++) {
                 int64_t nk = start + (tk->r0 + ri - row0) + 1;
                 if (nk <= c0) continue;
@@ -1313,7 +1753,11 @@ static void att_task_run(void *vctx, int64_t t) {
                 float *o = c->out + (tk->r0 + ri) * c->ldo + ((tk->kv0 + kvi) * G + g) * D;
                 const float *a = acc + PAIR(ri, kvi, g) * D;
                 float s = sums[PAIR(ri, kvi, g)];
-                for (int64_t d = 0; d < D; d++) o[d] = a[d] / s;
+                int64_t d = 0;
+#if LPU_X86
+                if (avx2) d = div_row_avx2(o, a, s, D); /* IEEE division: the same bits lane by lane */
+#endif
+                for (; d < D; d++) o[d] = a[d] / s;
             }
 #undef PAIR
 }
@@ -1427,23 +1871,27 @@ static const char *kind_name(char kind) {
 }
 
 /* Gets a buffer of `ndim` dimensions and dtype `kind`; inner: how many trailing dimensions must be
- * C-contiguous (the leading stride may be anything >= 0, a multiple of the itemsize). */
-static int get_buf(PyObject *obj, buf_t *out, const char *name, char kind, int ndim, int writable, int inner) {
+ * C-contiguous (the leading stride may be anything >= 0, a multiple of the itemsize). Errors name the argument
+ * `base`, or `base[idx]` when idx >= 0 (formatted only on the error path: this runs on every kernel call). */
+static int get_buf_idx(PyObject *obj, buf_t *out, const char *base, int idx, char kind, int ndim, int writable,
+                       int inner) {
+    char name[64];
+#define NAME() (idx >= 0 ? (snprintf(name, sizeof name, "%s[%d]", base, idx), name) : base)
     int flags = PyBUF_STRIDES | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
     if (PyObject_GetBuffer(obj, &out->b, flags) != 0) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a%s %s array", name, writable ? " writable" : "",
+        PyErr_Format(PyExc_TypeError, "%s: expected a%s %s array", NAME(), writable ? " writable" : "",
                      kind_name(kind));
         return -1;
     }
     out->held = 1;
     Py_buffer *b = &out->b;
     if (!fmt_matches(b, kind)) {
-        PyErr_Format(PyExc_TypeError, "%s: expected dtype %s, got format '%s'", name, kind_name(kind),
+        PyErr_Format(PyExc_TypeError, "%s: expected dtype %s, got format '%s'", NAME(), kind_name(kind),
                      b->format ? b->format : "B");
         return -1;
     }
     if (b->ndim != ndim) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %d dimensions, got %d", name, ndim, b->ndim);
+        PyErr_Format(PyExc_ValueError, "%s: expected %d dimensions, got %d", NAME(), ndim, b->ndim);
         return -1;
     }
     /* trailing `inner` dims contiguous */
@@ -1451,18 +1899,23 @@ static int get_buf(PyObject *obj, buf_t *out, const char *name, char kind, int n
     for (int d = ndim - 1; d >= ndim - inner && d >= 0; d--) {
         if (b->shape[d] > 1 && b->strides[d] != expect) {
             PyErr_Format(PyExc_ValueError, "%s: dimension %d must be contiguous (stride %zd, expected %zd)",
-                         name, d, b->strides[d], expect);
+                         NAME(), d, b->strides[d], expect);
             return -1;
         }
         expect *= b->shape[d];
     }
     for (int d = 0; d < ndim - inner; d++) {
         if (b->shape[d] > 1 && (b->strides[d] < 0 || b->strides[d] % b->itemsize != 0)) {
-            PyErr_Format(PyExc_ValueError, "%s: unsupported stride %zd on dimension %d", name, b->strides[d], d);
+            PyErr_Format(PyExc_ValueError, "%s: unsupported stride %zd on dimension %d", NAME(), b->strides[d], d);
             return -1;
         }
     }
+#undef NAME
     return 0;
+}
+
+static int get_buf(PyObject *obj, buf_t *out, const char *name, char kind, int ndim, int writable, int inner) {
+    return get_buf_idx(obj, out, name, -1, kind, ndim, writable, inner);
 }
 
 /* Row stride in elements of a 2-D (or leading dim of an N-D) buffer; rows may not overlap the inner block. */
@@ -1486,6 +1939,11 @@ static int check_rows(const Py_buffer *b, const char *name, int64_t inner_elems)
         goto fail;                                                                                             \
     } while (0)
 
+static PyObject *gemm_failed(void) {
+    PyErr_SetString(PyExc_MemoryError, "int8 GEMM: out of memory for the packed activations or a task's scratch");
+    return NULL;
+}
+
 static PyObject *py_gemm_s8s8_s32(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *oa, *ob, *oo;
@@ -1501,24 +1959,98 @@ static PyObject *py_gemm_s8s8_s32(PyObject *self, PyObject *args) {
     if (SHAPE(B[2], 0) != M || SHAPE(B[2], 1) != N) FAIL("out must have shape (%lld, %lld)", (long long)M, (long long)N);
     if (K > MAX_K) FAIL("K = %lld exceeds %d, where int32 sums could overflow", (long long)K, MAX_K);
     if (check_rows(&B[0].b, "a", K) || check_rows(&B[1].b, "b", K) || check_rows(&B[2].b, "out", N)) goto fail;
+    gemm_mat mt = {0};
+    mt.w = (const int8_t *)B[1].b.buf;
+    mt.ldw = row_stride(&B[1].b, K);
+    mt.N = N;
+    mt.out_i = (int32_t *)B[2].b.buf;
+    mt.ldo = row_stride(&B[2].b, N);
     gemm_ctx c = {0};
     c.a = (const int8_t *)B[0].b.buf;
     c.lda = row_stride(&B[0].b, K);
-    c.w = (const int8_t *)B[1].b.buf;
-    c.ldw = row_stride(&B[1].b, K);
     c.M = M;
-    c.N = N;
     c.K = K;
-    c.out_i = (int32_t *)B[2].b.buf;
-    c.ldo = row_stride(&B[2].b, N);
+    c.n_mats = 1;
+    c.mats = &mt;
+    int rc;
     Py_BEGIN_ALLOW_THREADS
-    gemm_run(&c);
+    rc = gemm_run(&c);
     Py_END_ALLOW_THREADS
     buf_release(B, 3);
+    if (rc != 0) return gemm_failed();
     Py_RETURN_NONE;
 fail:
     buf_release(B, 3);
     return NULL;
+}
+
+/* Checks x_q (M, K) int8 and x_scale (M,) float32 of a linear call into B[0..1]. */
+static int linear_input(const char *fn, PyObject *ox, PyObject *oxs, buf_t *B, int64_t *M, int64_t *K) {
+    if (get_buf(ox, &B[0], "x_q", 'b', 2, 0, 1) || get_buf(oxs, &B[1], "x_scale", 'f', 1, 0, 1)) return -1;
+    *M = SHAPE(B[0], 0);
+    *K = SHAPE(B[0], 1);
+    if (SHAPE(B[1], 0) != *M) {
+        PyErr_Format(PyExc_ValueError, "%s: x_scale must have shape (%lld,)", fn, (long long)*M);
+        return -1;
+    }
+    if (*K > MAX_K) {
+        PyErr_Format(PyExc_ValueError, "%s: K = %lld exceeds %d, where int32 sums could overflow", fn, (long long)*K,
+                     MAX_K);
+        return -1;
+    }
+    return check_rows(&B[0].b, "x_q", *K);
+}
+
+/* Checks one matrix of a linear call (w, w_scale, bias or None, out) against x_q's (M, K) into B[0..3] and
+ * fills mt. idx < 0: the plain names (linear_s8), else ws[idx], w_scales[idx], ... (linear_s8_multi). */
+static int linear_matrix(const char *fn, int idx, PyObject *ow, PyObject *ows, PyObject *obias, PyObject *oo,
+                         int64_t M, int64_t K, buf_t *B, gemm_mat *mt) {
+    const char *bw = idx >= 0 ? "ws" : "w", *bs = idx >= 0 ? "w_scales" : "w_scale";
+    const char *bb = idx >= 0 ? "biases" : "bias", *bo = idx >= 0 ? "outs" : "out";
+    const int has_bias = obias != Py_None;
+    if (get_buf_idx(ow, &B[0], bw, idx, 'b', 2, 0, 1) || get_buf_idx(ows, &B[1], bs, idx, 'f', 1, 0, 1) ||
+        (has_bias && get_buf_idx(obias, &B[2], bb, idx, 'f', 1, 0, 1)) ||
+        get_buf_idx(oo, &B[3], bo, idx, 'f', 2, 1, 1))
+        return -1;
+    /* Names for the messages below (error paths only). */
+    char nw[32], ns[32], nbias[32], no[32];
+#define ARGNAME(dst, base) (idx >= 0 ? (snprintf(dst, sizeof dst, "%s[%d]", base, idx), dst) : base)
+    const int64_t N = SHAPE(B[0], 0);
+    if (SHAPE(B[0], 1) != K) {
+        PyErr_Format(PyExc_ValueError, "%s: x_q is (%lld, %lld) but %s is (%lld, %lld)", fn, (long long)M,
+                     (long long)K, ARGNAME(nw, bw), (long long)N, (long long)SHAPE(B[0], 1));
+        return -1;
+    }
+    if (SHAPE(B[1], 0) != N) {
+        PyErr_Format(PyExc_ValueError, "%s: %s must have shape (%lld,)", fn, ARGNAME(ns, bs), (long long)N);
+        return -1;
+    }
+    if (has_bias && SHAPE(B[2], 0) != N) {
+        PyErr_Format(PyExc_ValueError, "%s: %s must have shape (%lld,)", fn, ARGNAME(nbias, bb), (long long)N);
+        return -1;
+    }
+    if (SHAPE(B[3], 0) != M || SHAPE(B[3], 1) != N) {
+        PyErr_Format(PyExc_ValueError, "%s: %s must have shape (%lld, %lld)", fn, ARGNAME(no, bo), (long long)M,
+                     (long long)N);
+        return -1;
+    }
+    if (SHAPE(B[0], 0) > 1 && row_stride(&B[0].b, K) < K) {
+        check_rows(&B[0].b, ARGNAME(nw, bw), K); /* raises */
+        return -1;
+    }
+    mt->w = (const int8_t *)B[0].b.buf;
+    mt->ldw = row_stride(&B[0].b, K);
+    mt->N = N;
+    mt->out_f = (float *)B[3].b.buf;
+    mt->ldo = row_stride(&B[3].b, N);
+    if (M > 1 && mt->ldo < N && mt->ldo != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: %s rows overlap", fn, ARGNAME(no, bo));
+        return -1;
+    }
+    mt->ws = (const float *)B[1].b.buf;
+    mt->bias = has_bias ? (const float *)B[2].b.buf : NULL;
+#undef ARGNAME
+    return 0;
 }
 
 static PyObject *py_linear_s8(PyObject *self, PyObject *args) {
@@ -1527,43 +2059,110 @@ static PyObject *py_linear_s8(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOOO", &ox, &oxs, &ow, &ows, &obias, &oo)) return NULL;
     buf_t B[6];
     memset(B, 0, sizeof(B));
-    int has_bias = obias != Py_None;
-    if (get_buf(ox, &B[0], "x_q", 'b', 2, 0, 1) || get_buf(oxs, &B[1], "x_scale", 'f', 1, 0, 1) ||
-        get_buf(ow, &B[2], "w", 'b', 2, 0, 1) || get_buf(ows, &B[3], "w_scale", 'f', 1, 0, 1) ||
-        (has_bias && get_buf(obias, &B[4], "bias", 'f', 1, 0, 1)) || get_buf(oo, &B[5], "out", 'f', 2, 1, 1))
-        goto fail;
-    int64_t M = SHAPE(B[0], 0), K = SHAPE(B[0], 1), N = SHAPE(B[2], 0);
-    if (SHAPE(B[2], 1) != K) FAIL("linear_s8: x_q is (%lld, %lld) but w is (%lld, %lld)", (long long)M, (long long)K,
-                                  (long long)N, (long long)SHAPE(B[2], 1));
-    if (SHAPE(B[1], 0) != M) FAIL("linear_s8: x_scale must have shape (%lld,)", (long long)M);
-    if (SHAPE(B[3], 0) != N) FAIL("linear_s8: w_scale must have shape (%lld,)", (long long)N);
-    if (has_bias && SHAPE(B[4], 0) != N) FAIL("linear_s8: bias must have shape (%lld,)", (long long)N);
-    if (SHAPE(B[5], 0) != M || SHAPE(B[5], 1) != N) FAIL("linear_s8: out must have shape (%lld, %lld)", (long long)M,
-                                                         (long long)N);
-    if (K > MAX_K) FAIL("K = %lld exceeds %d, where int32 sums could overflow", (long long)K, MAX_K);
-    if (check_rows(&B[0].b, "x_q", K) || check_rows(&B[2].b, "w", K)) goto fail;
+    int64_t M, K;
+    gemm_mat mt = {0};
+    if (linear_input("linear_s8", ox, oxs, B, &M, &K) ||
+        linear_matrix("linear_s8", -1, ow, ows, obias, oo, M, K, B + 2, &mt)) {
+        buf_release(B, 6);
+        return NULL;
+    }
     gemm_ctx c = {0};
     c.a = (const int8_t *)B[0].b.buf;
     c.lda = row_stride(&B[0].b, K);
-    c.w = (const int8_t *)B[2].b.buf;
-    c.ldw = row_stride(&B[2].b, K);
     c.M = M;
-    c.N = N;
     c.K = K;
-    c.out_f = (float *)B[5].b.buf;
-    c.ldo = row_stride(&B[5].b, N);
-    if (M > 1 && c.ldo < N && c.ldo != 0) FAIL("linear_s8: out rows overlap");
     c.xs = (const float *)B[1].b.buf;
-    c.ws = (const float *)B[3].b.buf;
-    c.bias = has_bias ? (const float *)B[4].b.buf : NULL;
+    c.n_mats = 1;
+    c.mats = &mt;
+    int rc;
     Py_BEGIN_ALLOW_THREADS
-    gemm_run(&c);
+    rc = gemm_run(&c);
     Py_END_ALLOW_THREADS
     buf_release(B, 6);
+    if (rc != 0) return gemm_failed();
     Py_RETURN_NONE;
-fail:
-    buf_release(B, 6);
-    return NULL;
+}
+
+#define MULTI_MAX 1024 /* matrices per linear_s8_multi call */
+#define MULTI_SMALL 8  /* ... of which this many without a malloc */
+
+static PyObject *py_linear_s8_multi(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *ox, *oxs, *args4[4];
+    static const char *const seq_names[4] = {"ws", "w_scales", "biases", "outs"};
+    if (!PyArg_ParseTuple(args, "OOOOOO", &ox, &oxs, &args4[0], &args4[1], &args4[2], &args4[3])) return NULL;
+    PyObject *seqs[4] = {NULL, NULL, NULL, NULL};
+    buf_t B_small[2 + 4 * MULTI_SMALL], *B = B_small;
+    gemm_mat mats_small[MULTI_SMALL], *mats = mats_small;
+    PyObject *result = NULL;
+    Py_ssize_t L = 0, n_bufs = 0;
+    for (int s = 0; s < 4; s++) {
+        if (PyList_Check(args4[s]) || PyTuple_Check(args4[s])) seqs[s] = PySequence_Fast(args4[s], "");
+        if (seqs[s] == NULL) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "linear_s8_multi: %s must be a list or a tuple", seq_names[s]);
+            goto done;
+        }
+    }
+    L = PySequence_Fast_GET_SIZE(seqs[0]);
+    for (int s = 1; s < 4; s++)
+        if (PySequence_Fast_GET_SIZE(seqs[s]) != L) {
+            PyErr_Format(PyExc_ValueError,
+                         "linear_s8_multi: ws, w_scales, biases and outs must have the same length, got %zd, %zd, "
+                         "%zd and %zd",
+                         L, PySequence_Fast_GET_SIZE(seqs[1]), PySequence_Fast_GET_SIZE(seqs[2]),
+                         PySequence_Fast_GET_SIZE(seqs[3]));
+            goto done;
+        }
+    if (L > MULTI_MAX) {
+        PyErr_Format(PyExc_ValueError, "linear_s8_multi: at most %d matrices per call, got %zd", MULTI_MAX, L);
+        goto done;
+    }
+    if (L > MULTI_SMALL) {
+        B = (buf_t *)malloc((size_t)(2 + 4 * L) * sizeof(buf_t));
+        mats = (gemm_mat *)malloc((size_t)L * sizeof(gemm_mat));
+        if (B == NULL || mats == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    n_bufs = 2 + 4 * L;
+    memset(B, 0, (size_t)n_bufs * sizeof(buf_t));
+    memset(mats, 0, (size_t)L * sizeof(gemm_mat));
+    int64_t M, K;
+    if (linear_input("linear_s8_multi", ox, oxs, B, &M, &K)) goto done;
+    for (Py_ssize_t i = 0; i < L; i++) {
+        if (linear_matrix("linear_s8_multi", (int)i, PySequence_Fast_GET_ITEM(seqs[0], i),
+                          PySequence_Fast_GET_ITEM(seqs[1], i), PySequence_Fast_GET_ITEM(seqs[2], i),
+                          PySequence_Fast_GET_ITEM(seqs[3], i), M, K, B + 2 + 4 * i, &mats[i]))
+            goto done;
+    }
+    if (L > 0) {
+        gemm_ctx c = {0};
+        c.a = (const int8_t *)B[0].b.buf;
+        c.lda = row_stride(&B[0].b, K);
+        c.M = M;
+        c.K = K;
+        c.xs = (const float *)B[1].b.buf;
+        c.n_mats = (int)L;
+        c.mats = mats;
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = gemm_run(&c);
+        Py_END_ALLOW_THREADS
+        if (rc != 0) {
+            gemm_failed();
+            goto done;
+        }
+    }
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    if (B != NULL) buf_release(B, (int)n_bufs);
+    if (B != B_small) free(B);
+    if (mats != mats_small) free(mats);
+    for (int s = 0; s < 4; s++) Py_XDECREF(seqs[s]);
+    return result;
 }
 
 /* Shared by quantize_rows / rmsnorm_quantize / rmsnorm / silu_mul_quantize. */
@@ -1685,8 +2284,9 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
     int64_t n_slots = SHAPE(B[6], 0);
     /* unit strides are guaranteed for 1-D buffers by get_buf(inner=1) */
     int64_t group = Hq / Hkv;
-    /* Rows per task: a converted key chunk is shared by R rows x group heads (about 16 of them). */
-    int64_t R = group >= 16 ? 1 : 16 / group;
+    /* Rows per task: a converted key chunk is shared by R rows x group heads (about 64 of them: the fp16 -> f32
+     * conversion of a chunk, once per task, then costs ~1/64 of the arithmetic on it). */
+    int64_t R = group >= 64 ? 1 : 64 / group;
     int64_t n_tiles = 0;
     for (int64_t i = 0; i < n_seqs; i++) {
         int64_t r0 = rows[i], r1 = rows[i + 1];
@@ -1771,6 +2371,44 @@ fail:
     return NULL;
 }
 
+typedef struct {
+    const float *k, *v;
+    int64_t ldk, ldv;
+    uint16_t *kc, *vc;
+    const int64_t *slots;
+    int64_t T, row, rows_per_task;
+} kv_store_ctx;
+
+static void kv_store_task(void *vctx, int64_t task) {
+    const kv_store_ctx *c = (const kv_store_ctx *)vctx;
+    int64_t t0 = task * c->rows_per_task, t1 = t0 + c->rows_per_task < c->T ? t0 + c->rows_per_task : c->T;
+    for (int64_t t = t0; t < t1; t++) {
+        f32_to_f16_row(c->k + t * c->ldk, c->kc + c->slots[t] * c->row, c->row);
+        f32_to_f16_row(c->v + t * c->ldv, c->vc + c->slots[t] * c->row, c->row);
+    }
+}
+
+/* Does a slot appear twice? (Only then does the order of the rows' writes matter.) slots are in [0, S). */
+static int has_duplicate_slots(const int64_t *slots, int64_t T, int64_t S) {
+    if (T < 2) return 0;
+    if (T <= 64) {
+        for (int64_t i = 1; i < T; i++)
+            for (int64_t j = 0; j < i; j++)
+                if (slots[i] == slots[j]) return 1;
+        return 0;
+    }
+    uint8_t *seen = (uint8_t *)calloc((size_t)(S + 7) / 8, 1);
+    if (seen == NULL) return 1; /* no memory for the check: take the serial order */
+    int dup = 0;
+    for (int64_t i = 0; i < T && !dup; i++) {
+        uint64_t b = (uint64_t)slots[i];
+        if (seen[b >> 3] & (1u << (b & 7))) dup = 1;
+        seen[b >> 3] |= (uint8_t)(1u << (b & 7));
+    }
+    free(seen);
+    return dup;
+}
+
 static PyObject *py_kv_store(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *ok, *ov, *okc, *ovc, *oslots;
@@ -1793,14 +2431,26 @@ static PyObject *py_kv_store(PyObject *self, PyObject *args) {
         if (slots[t] < 0 || slots[t] >= S) FAIL("kv_store: slot %lld outside the cache (%lld slots)", (long long)slots[t],
                                                 (long long)S);
     {
-        const float *k = (const float *)B[0].b.buf, *v = (const float *)B[1].b.buf;
-        int64_t ldk = row_stride(&B[0].b, H * D), ldv = row_stride(&B[1].b, H * D);
-        uint16_t *kc = (uint16_t *)B[2].b.buf, *vc = (uint16_t *)B[3].b.buf;
+        kv_store_ctx c;
+        c.k = (const float *)B[0].b.buf;
+        c.v = (const float *)B[1].b.buf;
+        c.ldk = row_stride(&B[0].b, H * D);
+        c.ldv = row_stride(&B[1].b, H * D);
+        c.kc = (uint16_t *)B[2].b.buf;
+        c.vc = (uint16_t *)B[3].b.buf;
+        c.slots = slots;
+        c.T = T;
+        c.row = H * D;
+        /* A prefill's rows (512 x 32 heads x 64) are split over the threads; a decode step's few rows are not
+         * worth waking a worker. Rows write disjoint slots, unless a slot repeats: then one task writes all
+         * rows in order, so the last row wins, as in numpy's assignment. */
+        int64_t elems = T * H * D;
+        int64_t tasks = elems < 64 * 1024 ? 1 : split_tasks(T, 1, (int64_t)pool.want_threads * 4);
+        c.rows_per_task = (T + tasks - 1) / (tasks > 0 ? tasks : 1);
+        if (tasks > 1 && has_duplicate_slots(slots, T, S)) c.rows_per_task = T; /* numpy's order: last wins */
+        tasks = c.rows_per_task > 0 ? (T + c.rows_per_task - 1) / c.rows_per_task : 0;
         Py_BEGIN_ALLOW_THREADS
-        for (int64_t t = 0; t < T; t++) {
-            f32_to_f16_row(k + t * ldk, kc + slots[t] * H * D, H * D);
-            f32_to_f16_row(v + t * ldv, vc + slots[t] * H * D, H * D);
-        }
+        pool_run(kv_store_task, &c, tasks);
         Py_END_ALLOW_THREADS
     }
     buf_release(B, 5);
@@ -1911,6 +2561,8 @@ static PyMethodDef methods[] = {
     {"gemm_s8s8_s32", py_gemm_s8s8_s32, METH_VARARGS, "gemm_s8s8_s32(a, b, out): out = a @ b.T exactly (int32)."},
     {"linear_s8", py_linear_s8, METH_VARARGS,
      "linear_s8(x_q, x_scale, w, w_scale, bias, out): out = (acc * x_scale[:, None]) * w_scale (+ bias)."},
+    {"linear_s8_multi", py_linear_s8_multi, METH_VARARGS,
+     "linear_s8_multi(x_q, x_scale, ws, w_scales, biases, outs): linear_s8 for each matrix, one pool job."},
     {"quantize_rows", py_quantize_rows, METH_VARARGS, "quantize_rows(x, q_out, scale_out)"},
     {"rmsnorm_quantize", py_rmsnorm_quantize, METH_VARARGS, "rmsnorm_quantize(x, weight, eps, q_out, scale_out)"},
     {"rmsnorm", py_rmsnorm, METH_VARARGS, "rmsnorm(x, weight, eps, out)"},

@@ -2,8 +2,11 @@
 
 config.json (LlamaForCausalLM, or Qwen2ForCausalLM for q/k/v biases), generation_config.json,
 model.safetensors in float32 written tensor by tensor (a synthetic 7B never exists whole in memory), and the
-tokenizer files the model came with or `--tokenizer` named. The weights are exactly the float32 tensors
-our pipeline quantizes, so another engine and this one start from identical bytes.
+tokenizer: a tokenizer.json source's files as they are; any other vocabulary (GGUF, llama2.c tokenizer.bin,
+the demo's bytes) converted to tokenizer.json through the `tokenizers` library, with BOS/EOS and the chat
+template in tokenizer_config.json. The weights are exactly the float32 tensors our pipeline quantizes, so
+another engine and this one start from identical bytes, and `lpu serve` on the export gives the source's
+greedy text.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lpu_runtime.catalog import load_model
+from lpu_runtime.catalog import LoadedModel, load_model
 from lpu_runtime.config import ModelConfig
 from lpu_runtime.errors import ModelFileError
+from lpu_runtime.loaders.assets import ServedTokenizer
 from lpu_runtime.loaders.hf import SINGLE_FILE, hf_name
 from lpu_runtime.loaders.safetensors import write_safetensors
 from lpu_runtime.model import Checkpoint, tensor_shapes
 from lpu_runtime.tokenizer import Tokenizer
+from lpu_runtime.tokenizers.hf import HFTokenizer
+from lpu_runtime.tokenizers.hf_export import to_tokenizer_json
 
 # Files that travel with a tokenizer.json in a HuggingFace directory.
 TOKENIZER_FILES = (
@@ -84,10 +90,15 @@ def export_model(
         raise ModelFileError(out, "exists and is not an empty directory: choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
     written = write_hf_directory(loaded.source.open(), loaded.tokenizer, out, on_tensor)
-    written += _copy_tokenizer_files(model, tokenizer, out)
-    if chat_template is not None:
-        shutil.copyfile(chat_template, out / "chat_template.jinja")
-        written.append(out / "chat_template.jinja")
+    served = loaded.tokenizer
+    inner = served.inner if isinstance(served, ServedTokenizer) else served
+    if isinstance(inner, HFTokenizer):
+        written += _copy_tokenizer_files(inner.path.parent, out)
+        if chat_template is not None:
+            shutil.copyfile(chat_template, out / "chat_template.jinja")
+            written.append(out / "chat_template.jinja")
+    else:
+        written += _write_converted_tokenizer(inner, loaded, out)
     return written
 
 
@@ -119,21 +130,33 @@ def write_hf_directory(
     return written
 
 
-def _copy_tokenizer_files(model: str, tokenizer: str | None, out: Path) -> list[Path]:
-    """The tokenizer given, with its HuggingFace siblings; else those of a HuggingFace model directory."""
-    if tokenizer is not None:
-        source = Path(tokenizer).expanduser()
-        if source.name != "tokenizer.json":
-            shutil.copyfile(source, out / source.name)
-            return [out / source.name]
-        folder = source.parent
-    else:
-        folder = Path(model).expanduser()
-        if not folder.is_dir():
-            return []
+def _copy_tokenizer_files(folder: Path, out: Path) -> list[Path]:
+    """A tokenizer.json's HuggingFace siblings, as they are."""
     copied = []
     for name in TOKENIZER_FILES:
         if (folder / name).is_file() and not (out / name).exists():
             shutil.copyfile(folder / name, out / name)
             copied.append(out / name)
     return copied
+
+
+def _write_converted_tokenizer(tokenizer: Tokenizer, loaded: LoadedModel, out: Path) -> list[Path]:
+    """tokenizer.json converted from our own vocabulary, and a tokenizer_config.json with its special tokens
+    and the model's chat template, which transformers' PreTrainedTokenizerFast and our HF loader both read."""
+    to_tokenizer_json(tokenizer).save(str(out / "tokenizer.json"))
+    config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": tokenizer.bos_token or None,
+        "eos_token": tokenizer.eos_token or None,
+        "add_bos_token": tokenizer.adds_bos,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": loaded.config.max_context,
+    }
+    if loaded.chat_template is not None:
+        source = loaded.chat_template.source
+        config["chat_template"] = (
+            source if isinstance(source, str) else [{"name": k, "template": v} for k, v in source.items()]
+        )
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    return [out / "tokenizer.json", out / "tokenizer_config.json"]

@@ -1,11 +1,13 @@
-"""llama-architecture GGUF checkpoints (llama.cpp): config from `llama.*` metadata, tensors F32/F16/BF16/Q8_0.
+"""llama-architecture GGUF checkpoints (llama.cpp): config from `llama.*` metadata, tensors of every type the
+`gguf` package dequantizes (F32, F16, BF16, Q4_0 ... Q8_0, the K-quants, IQ and ternary types).
 
-Q8_0 tensors are dequantized (32-value blocks, one fp16 scale each) and then requantized by the pipeline
-to our int8 with one scale per output channel, like every other format. Keeping the blocks would need a
-scale per 32 columns inside every dot product, which breaks the exact int32 accumulation the chips rely on
-(gemm.py); the second rounding costs at most half a per-channel step per weight (measured in
-docs/checkpoints.md). GGUF keeps Q/K rows in llama.cpp's interleaved-pair RoPE order (convert_hf_to_gguf
-permutes them); they are reordered to rotate-half here.
+Quantized tensors are dequantized to float32 and then requantized by the pipeline to our int8 with one
+scale per output channel, like every other format. Keeping llama.cpp's blocks would need a scale per 32 or
+256 columns inside every dot product, which breaks the exact int32 accumulation the chips rely on (gemm.py);
+the cost of the second rounding is measured in docs/checkpoints.md. A stage reads only the rows its chips
+hold: a GGUF row is whole blocks, so those rows' bytes are dequantized and no others. GGUF keeps Q/K rows in
+llama.cpp's interleaved-pair RoPE order (convert_hf_to_gguf permutes them); they are reordered to
+rotate-half here, row by row.
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ from numpy.typing import NDArray
 
 from lpu_runtime.config import ModelConfig, RopeScaling
 from lpu_runtime.errors import ModelFileError
-from lpu_runtime.gguf_file import GGMLType, GGUFFile
-from lpu_runtime.loaders.layout import interleaved_to_rotate_half
+from lpu_runtime.gguf_file import GGUFFile, decodable_types, type_names
+from lpu_runtime.loaders.layout import rotate_half_order
 from lpu_runtime.model import Checkpoint, tensor_shapes
 
 F32 = NDArray[np.float32]
-SUPPORTED_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0)
 _LAYER_NAMES = {
     "attn_norm": "attn_norm", "wq": "attn_q", "wk": "attn_k", "wv": "attn_v", "wo": "attn_output",
     "ffn_norm": "ffn_norm", "w1": "ffn_gate", "w3": "ffn_up", "w2": "ffn_down",
@@ -91,21 +92,30 @@ def load_gguf_checkpoint(path: Path, name: str | None = None, gguf: GGUFFile | N
     gguf = gguf or GGUFFile(path)
     config = gguf_model_config(gguf, name or path.stem)
     tied = config.tied_embeddings
-    for canonical, shape in tensor_shapes(config).items():
+    shapes = tensor_shapes(config)
+    for canonical, shape in shapes.items():
         info = gguf.info(gguf_name(canonical, tied))
         if info.shape != shape:
             raise ModelFileError(path, f"tensor {info.name} has shape {info.shape}, expected {shape}")
-        if info.ggml_type not in SUPPORTED_TYPES:
+        if info.ggml_type not in decodable_types():
             raise ModelFileError(
                 path,
                 f"tensor {info.name} is {info.ggml_type.name}, which is not supported "
-                f"(supported: {', '.join(t.name for t in SUPPORTED_TYPES)})",
+                f"(supported: {type_names(decodable_types())})",
             )
     heads = {"wq": config.n_heads, "wk": config.n_kv_heads}
 
-    def load(canonical: str) -> F32:
-        value = gguf.dequantize(gguf_name(canonical, tied))
-        kind = canonical.rsplit(".", 1)[-1]
-        return interleaved_to_rotate_half(value, heads[kind]) if kind in heads else value
+    def rows(canonical: str, start: int, stop: int) -> F32:
+        key, kind = gguf_name(canonical, tied), canonical.rsplit(".", 1)[-1]
+        if kind in heads:  # the rotate-half rows asked for, wherever they are in the interleaved order
+            order = rotate_half_order(shapes[canonical][0], heads[kind])
+            return gguf.dequantize_rows(key, order[start:stop])
+        return gguf.dequantize_rows(key, slice(start, stop))
 
-    return Checkpoint(config, load, str(path))
+    def load(canonical: str) -> F32:
+        shape = shapes[canonical]
+        if len(shape) == 1:
+            return gguf.dequantize(gguf_name(canonical, tied))
+        return rows(canonical, 0, shape[0])
+
+    return Checkpoint(config, load, str(path), row_loader=rows)

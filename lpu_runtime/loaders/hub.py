@@ -21,6 +21,7 @@ def download(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download  # imported here: only hub ids need it
 
     log.info("fetching %s from the Hugging Face Hub (or its local cache)", repo_id)
+    name = repo_id.split("/")[-1]
     try:
         return Path(snapshot_download(repo_id, allow_patterns=ALLOW_PATTERNS))
     except Exception as exc:  # offline, unreachable, gated, missing: every way the hub can fail
@@ -28,6 +29,6 @@ def download(repo_id: str) -> Path:
         raise ModelFileError(
             repo_id,
             f"cannot be fetched from the Hugging Face Hub and is not in its cache ({type(exc).__name__}: {reason}); "
-            "download it on a machine with access (`huggingface-cli download "
-            f"{repo_id}`) and pass the local directory: lpu serve --model /path/to/{repo_id.split('/')[-1]}",
+            f"download it on a machine with access (`hf download {repo_id} --local-dir {name}`, the CLI "
+            f"huggingface_hub installs) and pass the local directory: lpu serve --model /path/to/{name}",
         ) from None

@@ -9,6 +9,7 @@ by rank, lowest first, leftmost on ties.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 
 import regex
@@ -121,6 +122,16 @@ def split_pieces(text: str, patterns: Sequence[regex.Pattern[str]]) -> list[str]
     return pieces
 
 
+@dataclass(frozen=True)
+class BPEVocab:
+    """The vocabulary as the file gave it, which `lpu export` converts to a tokenizer.json."""
+
+    tokens: tuple[str, ...]
+    types: tuple[int, ...]
+    merges: tuple[str, ...]  # "left right", by rank
+    pre: str  # the pre-tokenizer's name, a key of PRE_TOKENIZERS
+
+
 class BPETokenizer(VocabTokenizer):
     def __init__(
         self,
@@ -135,6 +146,7 @@ class BPETokenizer(VocabTokenizer):
         eos_id: int | None = None,
     ) -> None:
         patterns, self._ignore_merges = PRE_TOKENIZERS[pre]
+        self.vocab = BPEVocab(tuple(tokens), tuple(types), tuple(merges), pre)
         self._patterns = [regex.compile(p) for p in patterns]
         self._ids: dict[str, int] = {}
         pieces: list[bytes] = []

@@ -50,6 +50,7 @@ class HFTokenizer(VocabTokenizer):
         config: Mapping[str, Any],
         generation_config: Mapping[str, Any],
     ) -> None:
+        self.path = path  # `lpu export` copies it and the files beside it
         try:
             text = path.read_text(encoding="utf-8")
             spec = json.loads(text)

@@ -10,11 +10,23 @@ special token (SentencePiece's dummy prefix; llama.cpp and HF's legacy Llama tok
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from lpu_runtime.tokenizers.merge import merge_pairs
 from lpu_runtime.tokenizers.vocab import BYTE_PIECE, TokenType, VocabTokenizer, gguf_token_id
 
 SPACE = "▁"
+
+
+@dataclass(frozen=True)
+class SentencePieceVocab:
+    """The vocabulary as the file gave it, which `lpu export` converts to a tokenizer.json."""
+
+    tokens: tuple[str, ...]
+    scores: tuple[float, ...]
+    types: tuple[int, ...]
+    unk_id: int | None
+    add_space_prefix: bool
 
 
 class SentencePieceTokenizer(VocabTokenizer):
@@ -52,6 +64,9 @@ class SentencePieceTokenizer(VocabTokenizer):
                 pieces.append(text.replace(SPACE, " ").encode("utf-8", errors="surrogateescape"))
         self._unk_id = unk_id
         self._add_space_prefix = add_space_prefix
+        self.vocab = SentencePieceVocab(
+            tuple(tokens), tuple(self._scores), tuple(types), unk_id, add_space_prefix
+        )
         super().__init__(
             pieces=pieces,
             specials=specials,

@@ -30,6 +30,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
+    # uvicorn configures only its own loggers; ours ("server", and the runtime's while it fetches a model)
+    # need a handler too, before the first check.
+    level = "DEBUG" if settings.log_level == "trace" else settings.log_level.upper()
+    logging.basicConfig(level=level, format="%(levelname)s:     %(name)s: %(message)s")
     try:
         # Headers, configs, tokenizer, template and placement, no weights: a bad file or a model that does
         # not fit fails here in one sentence, before the server starts.
@@ -44,9 +48,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except (KeyError, LpuError) as exc:
         print(f"lpu serve: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 1
-    # uvicorn configures only its own loggers; ours ("server") need a handler too.
-    level = "DEBUG" if settings.log_level == "trace" else settings.log_level.upper()
-    logging.basicConfig(level=level, format="%(levelname)s:     %(name)s: %(message)s")
     uvicorn.run(
         create_app(settings),
         host=settings.host,

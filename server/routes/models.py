@@ -32,6 +32,6 @@ async def list_models(state: StateDep, engine: EngineDep) -> ModelList:
 # `:path` so ids with a slash ("org/model") reach the handler instead of a 404 from the router.
 @router.get("/v1/models/{model:path}")
 async def retrieve_model(model: str, state: StateDep, engine: EngineDep) -> ModelCard:
-    if model != state.served_model:
+    if model not in state.model_ids:
         raise model_not_found(model, state.served_model)
     return _card(state.served_model, engine)

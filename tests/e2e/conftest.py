@@ -14,7 +14,7 @@ from tests.e2e.support import METRICS_MAX_USERS, Server, running_server
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    extra = ["--metrics-max-users", str(METRICS_MAX_USERS)]
+    extra = ["--model", DEMO_MODEL.name, "--metrics-max-users", str(METRICS_MAX_USERS)]
     with running_server(tmp_path_factory.mktemp("server"), DEMO_MODEL.name, extra) as running:
         yield running
 

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,14 +89,17 @@ def wait_until_healthy(server: Server) -> None:
 
 
 @contextmanager
-def running_server(log_dir: Path, model: str, extra_args: Sequence[str] = ()) -> Iterator[Server]:
+def running_server(
+    log_dir: Path, model: str, extra_args: Sequence[str] = (), extra_env: Mapping[str, str] | None = None
+) -> Iterator[Server]:
     """`python -m server serve` on a free port until the block ends; fails the test if it will not start
     or will not stop on SIGTERM, with the server's log in the message."""
     port = free_port()
     log_path = log_dir / "server.log"
     # The flags below are the server's config; only the kernel choice passes through (LPU_KERNELS=numpy runs
-    # the whole suite on the reference kernels).
+    # the whole suite on the reference kernels), and what the test itself sets.
     env = {k: v for k, v in os.environ.items() if not k.startswith("LPU_") or k in KERNEL_ENV}
+    env.update(extra_env or {})
     command = [
         sys.executable, "-m", "server", "serve", "--port", str(port), "--chips", str(CHIPS),
         "--log-level", "info", *extra_args,

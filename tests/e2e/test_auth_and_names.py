@@ -8,6 +8,7 @@ import httpx
 import openai
 import pytest
 
+from lpu_runtime import DEMO_MODEL
 from tests.e2e.support import Server, running_server
 
 SERVED_NAME = "lpu/demo-13m"
@@ -16,7 +17,7 @@ API_KEY = "sesame"
 
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    extra = ["--served-model-name", SERVED_NAME, "--api-key", API_KEY]
+    extra = ["--model", DEMO_MODEL.name, "--served-model-name", SERVED_NAME, "--api-key", API_KEY]
     with running_server(tmp_path_factory.mktemp("keyed"), SERVED_NAME, extra) as server:
         yield server
 

@@ -29,8 +29,9 @@ def golden() -> dict[str, Any]:
 
 
 def _serve(tmp: pytest.TempPathFactory, model: Path, args: Sequence[str] = ()) -> Iterator[Server]:
-    """A server for `model`, which it serves under the file or directory name."""
-    with running_server(tmp.mktemp(model.name), model.name, ["--model", str(model), *args]) as server:
+    """A server for `model`, which it serves under the directory name or the file name without extension."""
+    served = model.name if model.is_dir() else model.stem
+    with running_server(tmp.mktemp(model.name), served, ["--model", str(model), *args]) as server:
         yield server
 
 
@@ -115,13 +116,19 @@ def test_streamed_chat_at_temperature_0_writes_the_golden_completion(
 def test_models_endpoint_says_what_is_served(hf_server: Server, gguf_server: Server) -> None:
     for server, name, kind in (
         (hf_server, "stories260K-hf", "HuggingFace"),
-        (gguf_server, "stories260K-q8_0.gguf", "GGUF"),
+        (gguf_server, "stories260K-q8_0", "GGUF"),
     ):
         (model,) = _client(server).models.list().data
         assert model.id == name
         extra: dict[str, Any] = model.model_extra or {}
         assert kind in extra["description"] and "5 layers, dim 64" in extra["description"]
         assert extra["max_model_len"] == 512
+    # The id before file extensions were dropped stays accepted; responses name the served id.
+    old = _client(gguf_server).completions.create(model="stories260K-q8_0.gguf", prompt="Once", max_tokens=2)
+    assert old.model == "stories260K-q8_0"
+    assert _client(gguf_server).models.retrieve("stories260K-q8_0.gguf").id == "stories260K-q8_0"
+    with pytest.raises(openai.NotFoundError):
+        _client(gguf_server).completions.create(model="stories260K-q8_0.bin", prompt="Once", max_tokens=2)
 
 
 def test_a_model_without_a_chat_template_refuses_chat_but_completes(

@@ -46,7 +46,9 @@ def prometheus_config(target: str) -> dict[str, Any]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     keys = ",".join(f"{name}={key}" for name, key in KEYS.items())
     with running_server(
-        tmp_path_factory.mktemp("server"), "lpu-demo-untrained-13m", ["--api-keys", keys]
+        tmp_path_factory.mktemp("server"),
+        "lpu-demo-untrained-13m",
+        ["--model", "lpu-demo-untrained-13m", "--api-keys", keys],
     ) as s:
         yield s
 

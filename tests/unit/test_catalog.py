@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from lpu_runtime.async_engine import AsyncEngine
-from lpu_runtime.catalog import can_serve, compile_plan, load_model, model_config
+from lpu_runtime.catalog import accepted_ids, can_serve, compile_plan, load_model, model_config
 from lpu_runtime.config import DEMO_MODEL, MODEL_PRESETS, EngineConfig, SystemSpec
 from lpu_runtime.errors import CompileError, ModelFileError
 from lpu_runtime.executor import LoadStep
@@ -37,9 +38,9 @@ def test_demo_aliases_still_resolve_to_the_embedded_model() -> None:
     ("relative", "served", "kind", "has_template"),
     [
         ("stories260K-hf", "stories260K-hf", "HuggingFace safetensors", True),
-        ("stories260K-gguf/stories260K-q8_0.gguf", "stories260K-q8_0.gguf", "GGUF", True),
-        ("stories260K-gguf/stories260K.gguf", "stories260K.gguf", "GGUF", False),
-        ("stories260K/stories260K.bin", "stories260K.bin", "llama2.c", False),
+        ("stories260K-gguf/stories260K-q8_0.gguf", "stories260K-q8_0", "GGUF", True),
+        ("stories260K-gguf/stories260K.gguf", "stories260K", "GGUF", False),
+        ("stories260K/stories260K.bin", "stories260K", "llama2.c", False),
     ],
 )
 def test_a_path_is_served_under_its_own_name_and_says_what_it_is(
@@ -47,7 +48,8 @@ def test_a_path_is_served_under_its_own_name_and_says_what_it_is(
 ) -> None:
     path = require(relative)
     loaded = load_model(str(path))
-    assert loaded.name == served
+    assert loaded.name == served  # a file's name without its extension; requests may still name the file
+    assert accepted_ids(str(path)) == ((served,) if path.is_dir() else (served, path.name))
     assert kind in loaded.description and str(path) in loaded.description
     assert (loaded.chat_template is not None) == has_template
     assert ("chat template: none" in loaded.description) != has_template
@@ -106,9 +108,16 @@ def test_synthetic_with_a_real_tokenizer() -> None:
     assert "tokenizer.bin" in loaded.description
 
 
-def test_unknown_names_and_mixture_of_experts_presets_are_refused() -> None:
+def test_unknown_names_missing_paths_and_mixture_of_experts_presets_are_refused(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="synthetic:<preset>"):
         load_model("no-such-model")
+    # a path that is not there says so, even when it reads like a hub id (`models/x.gguf`)
+    for missing in (str(tmp_path / "absent.gguf"), "models/absent.gguf", "./absent"):
+        with pytest.raises(ModelFileError, match=f"^{re.escape(missing)}: no such file or directory$"):
+            load_model(missing)
+        with pytest.raises(ModelFileError, match="no such file or directory"):
+            model_config(missing)
+        assert not can_serve(missing)
     with pytest.raises(KeyError, match="unknown model preset"):
         load_model("synthetic:no-such-preset")
     moe = [name for name, cfg in MODEL_PRESETS.items() if getattr(cfg, "n_experts", 1) > 1]
@@ -175,9 +184,10 @@ def test_hub_ids_offline_say_how_to_pass_a_local_path(tmp_path: Path) -> None:
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 1
-    err = result.stderr.strip()
-    assert err.startswith("lpu serve: HuggingFaceTB/SmolLM2-135M-Instruct: cannot be fetched"), err
-    assert "lpu serve --model /path/to/SmolLM2-135M-Instruct" in err and "\n" not in err
+    err = result.stderr.strip().splitlines()[-1]  # after the log line saying what it tries
+    assert err.startswith("lpu serve: HuggingFaceTB/SmolLM2-135M-Instruct: cannot be fetched"), result.stderr
+    assert "`hf download HuggingFaceTB/SmolLM2-135M-Instruct --local-dir SmolLM2-135M-Instruct`" in err
+    assert "lpu serve --model /path/to/SmolLM2-135M-Instruct" in err
 
 
 def test_serve_refuses_a_model_that_does_not_fit_before_starting(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,14 +4,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gguf import GGMLQuantizationType as GGMLType
 
 from lpu_runtime.errors import ModelFileError
-from lpu_runtime.gguf_file import Q8_0_BLOCK, GGMLType, GGUFFile
+from lpu_runtime.gguf_file import GGUFFile
 from tests.shared_models import params_for, require
 from tests.unit.gguf_writer import gguf_string as _string
 from tests.unit.gguf_writer import write_gguf as _write_gguf
 
 STORIES_GGUF = ("stories260K.gguf", "stories260K-f16.gguf", "stories260K-q8_0.gguf")
+# Q8_0: one fp16 scale then 32 int8 quants; value = d * q.
+Q8_0_BLOCK = np.dtype([("d", "<f2"), ("qs", "i1", (32,))])
 
 
 def test_hand_written_file_every_value_type_and_tensor_type(tmp_path: Path) -> None:
@@ -77,8 +80,9 @@ def test_hand_written_file_every_value_type_and_tensor_type(tmp_path: Path) -> N
     assert (a.dims, a.shape, a.ggml_type, a.nbytes) == ((3, 2), (2, 3), GGMLType.F32, 24)
     assert a.offset % 64 == 0
     assert g.tensors["q"].nbytes == 68 and g.tensors["q"].shape == (1, 64)
-    np.testing.assert_array_equal(g.tensor_array("a"), f32)
-    np.testing.assert_array_equal(g.tensor_array("b"), f16)
+    np.testing.assert_array_equal(g.dequantize("a"), f32)
+    np.testing.assert_array_equal(g.dequantize("b"), f16)
+    np.testing.assert_array_equal(g.dequantize_rows("a", slice(1, 2)), f32[1:])
     np.testing.assert_array_equal(g.dequantize("c"), [1.0, -3.5, 0.15625])
     expected_q = np.concatenate([0.5 * (np.arange(32) - 16), 2.0 * -np.arange(32)]).reshape(1, 64)
     np.testing.assert_array_equal(g.dequantize("q"), expected_q)
@@ -118,7 +122,7 @@ def test_quantized_stories_files_agree_with_f32() -> None:
     for name in ("token_embd.weight", "blk.0.attn_q.weight", "blk.4.ffn_up.weight"):
         a, b = ref.dequantize(name), q8.dequantize(name)
         # Q8_0 error per value is at most half a quantisation step of its block: |d| / 2.
-        step = np.abs(q8.tensor_array(name)["d"].astype(np.float32)).repeat(32, axis=-1)
+        step = np.abs(q8.stored_rows(name).view(Q8_0_BLOCK)["d"].astype(np.float32)).repeat(32, axis=-1)
         assert (np.abs(a - b) <= step / 2 + 1e-3 * np.abs(a)).all()
 
 
@@ -174,10 +178,13 @@ def test_unknown_value_type(tmp_path: Path) -> None:
 
 
 def test_unsupported_known_tensor_type_fails_on_read(tmp_path: Path) -> None:
-    path = _write_gguf(tmp_path / "t.gguf", tensors=[("w", (256,), int(GGMLType.Q4_K), bytes(144))])
+    """Q8_K is llama.cpp's activation type: a known block size, but nothing dequantizes it."""
+    path = _write_gguf(tmp_path / "t.gguf", tensors=[("w", (256,), int(GGMLType.Q8_K), bytes(292))])
     g = GGUFFile(path)
-    assert g.tensors["w"].nbytes == 144
-    with pytest.raises(ModelFileError, match=r"tensor 'w' is Q4_K, which is not supported"):
+    assert g.tensors["w"].nbytes == 292
+    with pytest.raises(
+        ModelFileError, match=r"tensor 'w' is Q8_K, which is not supported \(supported: F32, F16, Q4_0"
+    ):
         g.dequantize("w")
     with pytest.raises(ModelFileError, match="has no tensor named 'nope'"):
         g.tensor_bytes("nope")

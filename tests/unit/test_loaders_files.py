@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as GGMLType
 
 from lpu_runtime.catalog import load_model
 from lpu_runtime.config import ModelConfig
 from lpu_runtime.errors import ModelFileError
-from lpu_runtime.gguf_file import GGMLType
 from lpu_runtime.loaders.export import write_hf_directory
 from lpu_runtime.loaders.gguf import load_gguf_checkpoint
 from lpu_runtime.loaders.hf import hf_name, load_hf_checkpoint
@@ -208,8 +209,9 @@ def _llama_gguf(
         else:
             key = f"{names[name]}.weight"
         ggml_type, data = GGMLType.F32, value.astype("<f4").tobytes()
-        if field == "wq" and q_type is GGMLType.Q4_0:
-            ggml_type, data = q_type, bytes(value.size // 32 * 18)
+        if field == "wq" and q_type is not GGMLType.F32:  # zero blocks of that type
+            block, block_bytes = GGML_QUANT_SIZES[q_type]
+            ggml_type, data = q_type, bytes(value.size // block * block_bytes)
         tensors.append((key, tuple(reversed(value.shape)), int(ggml_type), data))
     return write_gguf(path, kv=kv, tensors=tensors)
 
@@ -290,9 +292,8 @@ def test_bad_gguf_files(tmp_path: Path) -> None:
     bad_magic.write_bytes(b"GGUX" + bytes(64))
     _fails(bad_magic, "not a GGUF file")
     _fails(_llama_gguf(tmp_path / "gpt2.gguf", original, arch="gpt2"), "architecture 'gpt2' is not supported")
-    _fails(
-        _llama_gguf(tmp_path / "q4.gguf", original, q_type=GGMLType.Q4_0), "is Q4_0, which is not supported"
-    )
+    # an integer matrix: a ggml type, but no weight type
+    _fails(_llama_gguf(tmp_path / "i8.gguf", original, q_type=GGMLType.I8), "is I8, which is not supported")
     # a llama GGUF without a vocabulary needs --tokenizer
     _fails(_llama_gguf(tmp_path / "novocab.gguf", original), "pass one with --tokenizer")
     data = require("stories260K-gguf/stories260K-q8_0.gguf").read_bytes()
@@ -307,7 +308,7 @@ def test_bad_llama2c_files(tmp_path: Path) -> None:
     alone.write_bytes(data)
     _fails(alone, "has no tokenizer beside it")  # no tokenizer.bin / tok*.bin here
     tokenizer = str(require("stories260K/tok512.bin"))
-    assert load_model(str(alone), tokenizer=tokenizer).name == "model.bin"
+    assert load_model(str(alone), tokenizer=tokenizer).name == "model"  # the file name without its extension
     alone.write_bytes(data[:-4])
     _fails(alone, "is truncated", tokenizer=tokenizer)
     alone.write_bytes(data + bytes(4))

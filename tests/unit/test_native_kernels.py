@@ -167,6 +167,103 @@ def test_linear_s8_reads_the_weights_on_every_call() -> None:
     assert list(changed) == [10] or x_q[0, 7] == 0
 
 
+@pytest.mark.parametrize("which", ISAS)
+@pytest.mark.parametrize("m", [2, 4, 5, 8, 9, 31, 64, 77])
+def test_gemm_row_chunks_k_chunks_and_tails_are_exact(which: str, m: int) -> None:
+    """Every path of the M > 1 kernel: 8-row chunks with 1..8 valid rows (the 4-row kernel below 5), K split in
+    chunks (K > 1024) with a tail that is not a multiple of 32, weight rows in blocks, strided views."""
+    rng = np.random.default_rng(m)
+    for k in (31, 96, 1000, 2090):
+        a_big = rng.integers(-128, 128, (m, k + 9), dtype=np.int8)  # -128 activations too: exact here
+        w_big = rng.integers(-128, 128, (2 * 150 + 1, k + 5), dtype=np.int8)
+        a, w = a_big[:, 3 : 3 + k], w_big[::2, 5:]
+        with isa(which):
+            got = native.gemm_s8s8_s32(a, w)
+        np.testing.assert_array_equal(got, _ref_gemm(a, w))
+
+
+@pytest.mark.parametrize("which", ISAS)
+def test_gemm_worst_cases_do_not_overflow_at_large_k(which: str) -> None:
+    k = 16384 + 32 * 3 + 7  # several K chunks, and a scalar tail
+    for av, wv in [(127, 127), (-128, -128), (-127, -128), (127, -128)]:
+        a = np.full((9, k), av, dtype=np.int8)
+        b = np.full((20, k), wv, dtype=np.int8)
+        with isa(which):
+            got = native.gemm_s8s8_s32(a, b)
+        assert np.all(got == av * wv * k)
+
+
+def _linear_case(
+    rng: np.random.Generator, m: int, k: int, ns: list[int], bias: list[bool]
+) -> tuple[
+    NDArray[np.int8],
+    NDArray[np.float32],
+    list[NDArray[np.int8]],
+    list[NDArray[np.float32]],
+    list[NDArray[np.float32] | None],
+]:
+    x_q = rng.integers(-127, 128, (m, k), dtype=np.int8)
+    xs = (rng.random(m) + 0.1).astype(np.float32)
+    ws = [rng.integers(-128, 128, (n, k), dtype=np.int8) for n in ns]
+    scales = [(rng.random(n) * 0.01).astype(np.float32) for n in ns]
+    biases: list[NDArray[np.float32] | None] = [
+        rng.standard_normal(n).astype(np.float32) if b else None for n, b in zip(ns, bias, strict=True)
+    ]
+    return x_q, xs, ws, scales, biases
+
+
+@pytest.mark.parametrize("which", ISAS)
+@pytest.mark.parametrize("m", [1, 3, 8, 32, 70])
+def test_linear_s8_multi_is_bit_identical_to_separate_calls(which: str, m: int) -> None:
+    rng = np.random.default_rng(100 + m)
+    k = 1056
+    x_q, xs, ws, scales, biases = _linear_case(rng, m, k, [96, 16, 16, 200], [True, False, True, False])
+    expected = [native.linear_s8(x_q, xs, w, s, b) for w, s, b in zip(ws, scales, biases, strict=True)]
+    fused = np.full((m, 96 + 16 + 16 + 7), 3.0, dtype=np.float32)  # q|k|v of a fused output, plus a gap
+    outs = (fused[:, :96], fused[:, 96:112], fused[:, 112:128], np.empty((m, 200), np.float32))
+    for n_threads in (1, 2):
+        with isa(which), threads(n_threads):
+            got = native.linear_s8_multi(x_q, xs, ws, scales, biases, outs)
+        assert got is outs
+        for g, e in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(g.view(np.int32), e.view(np.int32))
+        assert np.all(fused[:, 128:] == 3.0)
+    allocated = native.linear_s8_multi(x_q, xs, ws[:2], scales[:2], biases[:2])
+    for g, e in zip(allocated, expected[:2], strict=True):
+        np.testing.assert_array_equal(g.view(np.int32), e.view(np.int32))
+    assert native.linear_s8_multi(x_q, xs, [], [], [], []) == []
+
+
+def test_linear_s8_multi_rejects_mismatches_with_clear_errors() -> None:
+    from lpu_runtime import _native  # the extension itself: no wrapper in front of its checks
+
+    rng = np.random.default_rng(7)
+    x_q, xs, ws, scales, biases = _linear_case(rng, 4, 64, [8, 12], [False, True])
+    outs = [np.empty((4, 8), np.float32), np.empty((4, 12), np.float32)]
+    with pytest.raises(ValueError, match="same length, got 2, 1, 2 and 2"):
+        native.linear_s8_multi(x_q, xs, ws, scales[:1], biases, outs)
+    with pytest.raises(ValueError, match="same length, got 2, 2, 2 and 1"):
+        native.linear_s8_multi(x_q, xs, ws, scales, biases, outs[:1])
+    with pytest.raises(ValueError, match="same length, got 2, 2, 2 and 3"):
+        native.linear_s8_multi(x_q, xs, ws, scales, biases, [*outs, outs[0]])
+    with pytest.raises(TypeError, match="ws must be a list or a tuple"):
+        _native.linear_s8_multi(x_q, xs, iter(ws), scales, biases, outs)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"outs\[1\]: expected a writable float32 array"):
+        native.linear_s8_multi(x_q, xs, ws, scales, biases, [outs[0], None])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"x_q is \(4, 64\) but ws\[1\] is \(12, 63\)"):
+        native.linear_s8_multi(x_q, xs, [ws[0], ws[1][:, :63]], scales, biases, outs)
+    with pytest.raises(ValueError, match=r"w_scales\[1\] must have shape \(12,\)"):
+        native.linear_s8_multi(x_q, xs, ws, [scales[0], scales[1][:5]], biases, outs)
+    with pytest.raises(ValueError, match=r"biases\[1\] must have shape \(12,\)"):
+        native.linear_s8_multi(x_q, xs, ws, scales, [None, np.zeros(3, np.float32)], outs)
+    with pytest.raises(ValueError, match=r"outs\[0\] must have shape \(4, 8\)"):
+        native.linear_s8_multi(x_q, xs, ws, scales, biases, [np.empty((4, 9), np.float32), outs[1]])
+    with pytest.raises(TypeError, match=r"ws\[0\]: expected dtype int8"):
+        native.linear_s8_multi(x_q, xs, [ws[0].astype(np.int16), ws[1]], scales, biases, outs)
+    with pytest.raises(ValueError, match="x_scale must have shape"):
+        native.linear_s8_multi(x_q, xs[:3], ws, scales, biases, outs)
+
+
 def test_empty_and_wrong_inputs() -> None:
     assert native.gemm_s8s8_s32(np.zeros((0, 16), np.int8), np.ones((4, 16), np.int8)).shape == (0, 4)
     assert native.linear_s8(
@@ -299,6 +396,27 @@ def test_kv_store_is_bit_identical_to_numpy_assignment() -> None:
         np.testing.assert_array_equal(vc.view(np.uint16), vc_ref.view(np.uint16))
 
 
+def test_kv_store_of_a_prefill_is_split_over_threads_and_keeps_numpy_order() -> None:
+    rng = np.random.default_rng(18)
+    t, hkv, d, s = 300, 4, 64, 700  # 76800 values: above the threshold for splitting rows over the threads
+    k = rng.standard_normal((t, hkv, d)).astype(np.float32)
+    v = rng.standard_normal((t, hkv, d)).astype(np.float32)
+    distinct = rng.choice(s, t, replace=False).astype(np.int64)
+    repeated = distinct.copy()
+    repeated[250] = repeated[10]  # the same slot twice: the later row wins, as in numpy
+    for slots in (distinct, repeated):
+        kc_ref = np.zeros((s, hkv, d), np.float16)
+        vc_ref = np.zeros((s, hkv, d), np.float16)
+        kc_ref[slots], vc_ref[slots] = k, v
+        for n_threads in (1, 2, 3):
+            kc = np.zeros((s, hkv, d), np.float16)
+            vc = np.zeros((s, hkv, d), np.float16)
+            with threads(n_threads):
+                native.kv_store(k, v, kc, vc, slots)
+            np.testing.assert_array_equal(kc.view(np.uint16), kc_ref.view(np.uint16))
+            np.testing.assert_array_equal(vc.view(np.uint16), vc_ref.view(np.uint16))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Attention
 
@@ -376,10 +494,13 @@ def test_attention_matches_causal_attention(case: str) -> None:
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize(("hq", "hkv", "d"), [(8, 4, 32), (3, 3, 16), (16, 1, 8)])
+@pytest.mark.parametrize(("hq", "hkv", "d"), [(8, 4, 32), (3, 3, 16), (16, 1, 8), (6, 2, 72)])
 def test_attention_is_invariant_to_batch_heads_threads_and_isa(hq: int, hkv: int, d: int) -> None:
+    """Prefill tiles take (row, head) pairs two by two (consecutive heads, or the last head of a row with the
+    first of the next, whose position is one further) with 4 keys at a time: the specs give tiles with an odd
+    number of pairs, chunk and tile edges, and head widths that are not a multiple of 32."""
     rng = np.random.default_rng(9)
-    seqs, qs, k_cache, v_cache = _setup(rng, [(0, 100), (50, 1), (12, 7), (3, 1)], hq, hkv, d)
+    seqs, qs, k_cache, v_cache = _setup(rng, [(0, 100), (50, 1), (12, 7), (3, 1), (31, 67)], hq, hkv, d)
     b = _batch(seqs, qs)
     with threads(2):
         full = _run(b, k_cache, v_cache)

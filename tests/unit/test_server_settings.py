@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lpu_runtime import DEMO_MODEL
+from lpu_runtime import DEFAULT_MODEL, DEMO_MODEL
 from server.cli import build_parser, main
 from server.settings import MIB, Settings, SettingsError, settings_from
 
@@ -18,13 +18,13 @@ def test_defaults() -> None:
     assert (settings.host, settings.port, settings.model, settings.chips) == (
         "127.0.0.1",
         8000,
-        DEMO_MODEL.name,
-        4,
+        DEFAULT_MODEL,  # SmolLM2-135M-Instruct, fetched once from PyPI: a real chat model by default
+        8,
     )
     assert (
         settings.metrics_max_users == 50 and settings.api_key is None and settings.served_model_name is None
     )
-    assert settings.system_spec().n_chips == 4
+    assert settings.system_spec().n_chips == 8
 
 
 def test_environment_fills_what_flags_leave_out() -> None:
@@ -60,7 +60,11 @@ def test_api_key_stays_out_of_repr() -> None:
         ({"LPU_CHIPS": "0"}, ["LPU_CHIPS", "positive"]),
         ({"LPU_CHIP_SRAM_MB": "-1"}, ["LPU_CHIP_SRAM_MB"]),
         ({"LPU_CHIP_SRAM_MB": "nan"}, ["LPU_CHIP_SRAM_MB"]),
-        ({"LPU_MODEL": "no-such-model"}, ["LPU_MODEL", DEMO_MODEL.name]),
+        ({"LPU_MODEL": "no-such-model"}, ["LPU_MODEL", DEMO_MODEL.name, "smollm2"]),
+        (
+            {"LPU_MODEL": "../absent/model.gguf"},
+            ["LPU_MODEL", "'../absent/model.gguf': no such file or directory"],
+        ),
         ({"LPU_LOG_LEVEL": "loud"}, ["LPU_LOG_LEVEL", "debug"]),
         ({"LPU_HOST": " "}, ["LPU_HOST"]),
     ],
@@ -100,6 +104,6 @@ def test_compile_prints_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_compile_error_goes_to_stderr_with_status_1(capsys: pytest.CaptureFixture[str]) -> None:
     # 1 MiB of SRAM per chip cannot hold the demo model's weights on 2 chips
-    assert main(["compile", "--chips", "2", "--chip-sram-mb", "1"], env={}) == 1
+    assert main(["compile", "--model", DEMO_MODEL.name, "--chips", "2", "--chip-sram-mb", "1"], env={}) == 1
     captured = capsys.readouterr()
-    assert captured.err.startswith("lpu compile: ") and captured.out == ""
+    assert captured.err.startswith("lpu compile: lpu-demo-untrained-13m: ") and captured.out == ""

@@ -4,14 +4,15 @@ from pathlib import Path
 
 import pytest
 import regex
+import tokenizers
 from tokenizers import Regex, pre_tokenizers
 
 from lpu_runtime.errors import ModelFileError
-from lpu_runtime.gguf_file import GGUFFile
 from lpu_runtime.tokenizer import Tokenizer, encode_prompt
 from lpu_runtime.tokenizers import load_tokenizer
 from lpu_runtime.tokenizers.bpe import PRE_TOKENIZERS, BPETokenizer, split_pieces
 from lpu_runtime.tokenizers.hf import HFTokenizer
+from lpu_runtime.tokenizers.hf_export import to_tokenizer_json
 from lpu_runtime.tokenizers.spm import SentencePieceTokenizer
 from tests.shared_models import params_for, require
 from tests.unit.tokenizer_data import golden, tokenizer_for, vocab_vectors
@@ -49,9 +50,32 @@ def test_llama_cpp_vocab_vectors(path: Path | None) -> None:
         with pytest.raises(ModelFileError, match=UNSUPPORTED[gguf.name]):
             load_tokenizer(gguf)
         return
-    tok = load_tokenizer(GGUFFile(gguf))
+    tok = tokenizer_for(f"llama-cpp-vocab/{gguf.name}")
     assert type(tok) is SUPPORTED[gguf.name]
     _check_vectors(tok, vocab_vectors(gguf))
+
+
+# The library decodes an added token's text through the byte-level decoder; deepseek's vocabularies store
+# single characters such as "ü" as user-defined tokens, which our own adapter decodes as their UTF-8.
+DECODES_DIFFERENTLY = {
+    ("ggml-vocab-deepseek-coder.gguf", "Führer"),
+    ("ggml-vocab-deepseek-llm.gguf", "Führer"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SUPPORTED))
+def test_converted_tokenizer_json_gives_llama_cpp_ids(name: str) -> None:
+    """`lpu export` writes GGUF vocabularies as tokenizer.json: read back by the library, the same ids."""
+    converted = tokenizers.Tokenizer.from_str(
+        to_tokenizer_json(tokenizer_for(f"llama-cpp-vocab/{name}")).to_str()
+    )
+    vectors = vocab_vectors(require(f"llama-cpp-vocab/{name}"))
+    assert [converted.encode(text, add_special_tokens=False).ids for text, _ in vectors] == [
+        i for _, i in vectors
+    ]
+    for text, ids in vectors:
+        decoded = converted.decode(ids, skip_special_tokens=True)
+        assert (decoded == text) != ((name, text) in DECODES_DIFFERENTLY), text
 
 
 def test_every_vector_file_is_classified() -> None:

@@ -559,7 +559,7 @@ def _emulated_vs_planner(spec: dict[str, Any]) -> dict[str, Any]:
 
     loaded = load_model(spec["model"], max_context=spec["ctx_per_slot"])
     plan = compile_model(loaded.config, SystemSpec(spec["chips"]), EngineConfig(max_num_seqs=spec["streams"]))
-    engine = Engine(loaded, plan, PipelineExecutor(plan, loaded.source))
+    engine = Engine(plan, PipelineExecutor(plan, loaded.source), loaded.tokenizer.eos_ids)
     n_tokens, prompts = spec["max_tokens"], spec["prompts"]
     params = SamplingParams(max_tokens=n_tokens, temperature=0.0, ignore_eos=True)
     for i, ids in enumerate(prompts):

@@ -7,11 +7,10 @@ It speaks tokens only; text is made on the output side (output_processor.py).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import numpy as np
 
-from lpu_runtime.catalog import LoadedModel
 from lpu_runtime.compiler import Plan
 from lpu_runtime.errors import ContextLengthExceededError, InvalidRequestError
 from lpu_runtime.executor import PipelineExecutor
@@ -30,65 +29,72 @@ from lpu_runtime.types import (
 )
 
 
-class Engine:
-    def __init__(
-        self,
-        model: LoadedModel,
-        plan: Plan,
-        executor: PipelineExecutor,
-        now: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.model = model
-        self.plan = plan
-        self.executor = executor
-        self.allocator = BlockAllocator(plan.kv_blocks, plan.engine.kv_block_tokens)
-        self.scheduler = Scheduler(plan.engine, self.allocator, model.tokenizer.eos_ids, now)
-        self.now = now
-        self.steps = 0
-        self.samplers: dict[str, Sampler] = {}
-        self.system = EmulatedSystem(plan.system.chip.clock_hz, plan.n_chips_used, len(plan.stages))
-        tok = model.tokenizer
-        self._banned = frozenset({tok.bos_id} if tok.bos_id is not None else ())
-
-    # -- admission -------------------------------------------------------------------------------------
-
-    def resolve_max_tokens(self, n_prompt: int, max_tokens: int | None, param: str = "messages") -> int:
-        """The request's token budget, or ContextLengthExceededError if it can never fit."""
-        context = self.plan.model.max_context
-        kv_capacity = self.allocator.capacity_tokens
-        limit = min(context, kv_capacity)
-        what = "context length" if context <= kv_capacity else "KV-cache capacity of this system"
-        if n_prompt < 1:
-            raise InvalidRequestError(param, "the prompt is empty: at least one token is needed")
-        if max_tokens is None:
-            if n_prompt >= limit:
-                raise ContextLengthExceededError(
-                    f"This model's maximum {what} is {limit} tokens. However, your prompt has {n_prompt} tokens, "
-                    "leaving no room for a completion. Please shorten the prompt.",
-                    prompt_tokens=n_prompt,
-                    limit=limit,
-                    param=param,
-                )
-            return limit - n_prompt
-        if n_prompt + max_tokens > limit:
+def resolve_max_tokens(plan: Plan, n_prompt: int, max_tokens: int | None, param: str = "messages") -> int:
+    """The request's token budget, or ContextLengthExceededError if it can never fit the context or the
+    system's KV cache (every layer-holding chip reserves plan.kv_tokens slots)."""
+    context = plan.model.max_context
+    limit = min(context, plan.kv_tokens)
+    what = "context length" if context <= plan.kv_tokens else "KV-cache capacity of this system"
+    if n_prompt < 1:
+        raise InvalidRequestError(param, "the prompt is empty: at least one token is needed")
+    if max_tokens is None:
+        if n_prompt >= limit:
             raise ContextLengthExceededError(
-                f"This model's maximum {what} is {limit} tokens. However, you requested {n_prompt + max_tokens} "
-                f"tokens ({n_prompt} in the prompt, {max_tokens} for the completion). Please reduce the prompt "
-                "or max_tokens.",
+                f"This model's maximum {what} is {limit} tokens. However, your prompt has {n_prompt} tokens, "
+                "leaving no room for a completion. Please shorten the prompt.",
                 prompt_tokens=n_prompt,
                 limit=limit,
                 param=param,
             )
-        return max_tokens
+        return limit - n_prompt
+    if n_prompt + max_tokens > limit:
+        raise ContextLengthExceededError(
+            f"This model's maximum {what} is {limit} tokens. However, you requested {n_prompt + max_tokens} "
+            f"tokens ({n_prompt} in the prompt, {max_tokens} for the completion). Please reduce the prompt "
+            "or max_tokens.",
+            prompt_tokens=n_prompt,
+            limit=limit,
+            param=param,
+        )
+    return max_tokens
 
-    def make_sequence(self, request: GenerationRequest) -> Sequence:
-        """Validates a request and builds its state; raises before anything is queued."""
-        vocab = self.plan.model.vocab_size
-        bad = [t for t in request.prompt_token_ids if not 0 <= t < vocab]
-        if bad:
-            raise InvalidRequestError("prompt", f"token id {bad[0]} is outside the vocabulary [0, {vocab})")
-        max_tokens = self.resolve_max_tokens(len(request.prompt_token_ids), request.params.max_tokens)
-        return Sequence(request=request, max_tokens=max_tokens, arrival=self.now())
+
+def admit(plan: Plan, request: GenerationRequest) -> int:
+    """Validates a request against the compiled system; returns its resolved max_tokens. Runs where the
+    request arrives (the server's side), so a bad request fails before anything is queued."""
+    vocab = plan.model.vocab_size
+    bad = [t for t in request.prompt_token_ids if not 0 <= t < vocab]
+    if bad:
+        raise InvalidRequestError("prompt", f"token id {bad[0]} is outside the vocabulary [0, {vocab})")
+    return resolve_max_tokens(plan, len(request.prompt_token_ids), request.params.max_tokens)
+
+
+class Engine:
+    def __init__(
+        self,
+        plan: Plan,
+        executor: PipelineExecutor,
+        eos_ids: Collection[int] = (),
+        banned_ids: Collection[int] = (),
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """eos_ids end a request (unless it ignores EOS); banned_ids are never sampled (the BOS token)."""
+        self.plan = plan
+        self.executor = executor
+        self.allocator = BlockAllocator(plan.kv_blocks, plan.engine.kv_block_tokens)
+        self.scheduler = Scheduler(plan.engine, self.allocator, eos_ids, now)
+        self.now = now
+        self.steps = 0
+        self.samplers: dict[str, Sampler] = {}
+        self.system = EmulatedSystem(plan.system.chip.clock_hz, plan.n_chips_used, len(plan.stages))
+        self._banned = frozenset(banned_ids)
+
+    # -- admission -------------------------------------------------------------------------------------
+
+    def make_sequence(self, request: GenerationRequest, max_tokens: int | None = None) -> Sequence:
+        """The engine's state for a request; max_tokens as `admit` resolved it (validated here if not)."""
+        resolved = admit(self.plan, request) if max_tokens is None else max_tokens
+        return Sequence(request=request, max_tokens=resolved, arrival=self.now())
 
     def add(self, seq: Sequence) -> None:
         # The emulated present: the latest micro-batch's entry while the pipeline works, its drain when idle.

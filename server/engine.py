@@ -47,5 +47,6 @@ def build_engine(settings: Settings) -> EngineClient:
         tokenizer=settings.tokenizer,
         chat_template=settings.chat_template,
         max_context=settings.max_model_len,
+        in_process=settings.engine_in_process,
     )
     return engine

@@ -46,6 +46,9 @@ class Settings:
     max_model_len: int | None = None  # tokens; None: the model's own context
     chat_template: str | None = None  # a Jinja chat template file replacing the model's own
     log_level: str = "info"
+    # The engine's step loop in a thread of the server's process instead of an engine process of its own
+    # (simpler to profile; the event loop then shares the GIL with the step loop).
+    engine_in_process: bool = False
     metrics_max_users: int = 50
     chip_sram_mib: float | None = None  # None: the chip's own SRAM size
     api_key: str | None = field(default=None, repr=False)  # repr=False keeps it out of logs
@@ -128,6 +131,15 @@ def _positive_float(text: str) -> float:
     if not 0 < value < float("inf"):  # also rejects nan
         raise ValueError("must be a positive number")
     return value
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
 
 
 def _nonempty(text: str) -> str:
@@ -217,6 +229,11 @@ SERVE_OPTIONS = (
     _Option("port", "--port", _port, "TCP port (default 8000)"),
     _Option("served_model_name", "--served-model-name", _nonempty, "model id for clients (default: its own)", "NAME"),
     _Option("log_level", "--log-level", _log_level, f"one of {', '.join(LOG_LEVELS)} (default info)", "LEVEL"),
+    _Option(
+        "engine_in_process", "--engine-in-process", _bool,
+        "true: run the engine's step loop in a thread of the server's process (default false: a process of "
+        "its own, so it never holds the GIL the HTTP event loop needs)", "BOOL",
+    ),
     _Option(
         "metrics_max_users", "--metrics-max-users", _positive_int,
         "distinct user label values in /metrics before the rest count as 'other' (default 50)", "N",

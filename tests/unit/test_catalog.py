@@ -17,6 +17,7 @@ import pytest
 from lpu_runtime.async_engine import AsyncEngine
 from lpu_runtime.catalog import accepted_ids, can_serve, compile_plan, load_model, model_config
 from lpu_runtime.config import DEMO_MODEL, MODEL_PRESETS, EngineConfig, SystemSpec
+from lpu_runtime.core_client import InprocCoreClient
 from lpu_runtime.errors import CompileError, ModelFileError
 from lpu_runtime.executor import LoadStep
 from lpu_runtime.loaders.assets import ServedTokenizer
@@ -219,8 +220,10 @@ def test_eos_ids_of_generation_config_end_generation_with_stop(tmp_path: Path) -
     generation = directory / "generation_config.json"
     generation.chmod(0o644)
     generation.write_text(json.dumps({"bos_token_id": 1, "eos_token_id": [2, period]}))
-    engine = AsyncEngine.create(str(directory), SystemSpec(2), EngineConfig(max_num_seqs=2)).engine
-    assert engine.model.tokenizer.eos_ids == frozenset({2, period})
+    served = AsyncEngine.create(str(directory), SystemSpec(2), EngineConfig(max_num_seqs=2), in_process=True)
+    assert served.model.tokenizer.eos_ids == frozenset({2, period})
+    assert isinstance(served.core, InprocCoreClient)
+    engine = served.core.engine
     request = GenerationRequest(
         "r", tuple(golden["prompt_ids"]), SamplingParams(temperature=0.0, max_tokens=50)
     )

@@ -11,6 +11,7 @@ from lpu_runtime.catalog import LoadedModel
 from lpu_runtime.checkpoint_source import CheckpointSource, WeightFormat
 from lpu_runtime.compiler import compile_model
 from lpu_runtime.config import EngineConfig, SystemSpec
+from lpu_runtime.core_client import InprocCoreClient
 from lpu_runtime.engine import Engine
 from lpu_runtime.errors import ContextLengthExceededError, EngineDeadError, InvalidRequestError
 from lpu_runtime.executor import PipelineExecutor
@@ -30,11 +31,22 @@ from .tiny_model import TINY, TINY_ENGINE
 _ids = itertools.count()
 
 
+TOKENIZER = ByteTokenizer()
+# the tiny_checkpoint fixture's weights, as a source
+MODEL = LoadedModel(
+    CheckpointSource(WeightFormat.SYNTHETIC, TINY, seed=1), TOKENIZER, None, TINY.name, "tiny test model"
+)
+
+
 def make_engine(checkpoint: Checkpoint, config: EngineConfig = TINY_ENGINE, chips: int = 2) -> Engine:
-    source = CheckpointSource(WeightFormat.SYNTHETIC, TINY, seed=1)  # the tiny_checkpoint fixture's weights
-    model = LoadedModel(source, ByteTokenizer(), None, TINY.name, "tiny test model")
     plan = compile_model(TINY, SystemSpec(chips), config)
-    return Engine(model, plan, PipelineExecutor(plan, checkpoint))
+    banned = (TOKENIZER.bos_id,) if TOKENIZER.bos_id is not None else ()
+    return Engine(plan, PipelineExecutor(plan, checkpoint), TOKENIZER.eos_ids, banned)
+
+
+def make_async(checkpoint: Checkpoint) -> AsyncEngine:
+    engine = make_engine(checkpoint)
+    return AsyncEngine(MODEL, engine.plan, InprocCoreClient(engine))
 
 
 def request(prompt: str, **params: object) -> GenerationRequest:
@@ -46,12 +58,12 @@ def run_to_end(engine: Engine, *requests: GenerationRequest) -> dict[str, list[R
     """Steps until every request ends, turning outputs into text as AsyncEngine does (aborting on a stop).
     Requests added to the engine before the call are run too."""
     processors = {
-        seq.request_id: OutputProcessor(engine.model.tokenizer, seq.request.params, engine.system)
+        seq.request_id: OutputProcessor(TOKENIZER, seq.request.params, engine.system)
         for seq in (*engine.scheduler.waiting, *engine.scheduler.running)
     }
     for r in requests:
         engine.add(engine.make_sequence(r))
-        processors[r.request_id] = OutputProcessor(engine.model.tokenizer, r.params, engine.system)
+        processors[r.request_id] = OutputProcessor(TOKENIZER, r.params, engine.system)
     outs: dict[str, list[RequestOutput]] = defaultdict(list)
     for _ in range(10_000):
         if not engine.has_work():
@@ -204,7 +216,7 @@ def test_stop_token_ids_end_generation(tiny_checkpoint: Checkpoint) -> None:
 
 def test_async_engine_streams_and_a_closed_generator_aborts(tiny_checkpoint: Checkpoint) -> None:
     async def scenario() -> None:
-        engine = AsyncEngine(make_engine(tiny_checkpoint))
+        engine = make_async(tiny_checkpoint)
         engine.start()
         try:
             got = [
@@ -246,12 +258,13 @@ def test_a_dead_engine_thread_fails_pending_requests_and_refuses_new_ones(
     tiny_checkpoint: Checkpoint,
 ) -> None:
     async def scenario() -> None:
-        engine = AsyncEngine(make_engine(tiny_checkpoint))
+        engine = make_async(tiny_checkpoint)
 
         def broken_step() -> list[EngineCoreOutput]:
             raise MemoryError("emulated host failure")
 
-        engine.engine.step = broken_step  # type: ignore[method-assign]
+        assert isinstance(engine.core, InprocCoreClient)
+        engine.core.engine.step = broken_step  # type: ignore[method-assign]
         engine.start()
         try:
             outs = [o async for o in engine.generate(request("doomed", max_tokens=5))]

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from lpu_runtime.catalog import LoadedModel
 from lpu_runtime.checkpoint_source import CheckpointSource, WeightFormat
 from lpu_runtime.compiler import compile_model
 from lpu_runtime.config import ChipSpec, EngineConfig, SystemSpec
@@ -68,8 +67,7 @@ COMPUTE_BOUND = ChipSpec(op_latency_cycles=0, int8_ops_per_s=2e9, fp16_flops_per
 
 def _engine(chips: int, chip: ChipSpec | None = None) -> Engine:
     plan = compile_model(TINY, SystemSpec(chips, chip or ChipSpec()), ENGINE)
-    model = LoadedModel(SOURCE, ByteTokenizer(), None, TINY.name, "tiny")
-    return Engine(model, plan, PipelineExecutor(plan, SOURCE))
+    return Engine(plan, PipelineExecutor(plan, SOURCE), ByteTokenizer().eos_ids)
 
 
 def _decode(

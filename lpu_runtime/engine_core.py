@@ -1,0 +1,78 @@
+"""The engine's step loop and the plain-data messages that drive it, wherever it runs.
+
+`EngineCore` owns an `Engine`: it takes `AddRequest` and `AbortRequest` messages from an inbox, steps while
+there is work, and hands every step's outputs (and the engine's stats) to an `emit` callback. The same loop runs
+in a thread of the server's process (`InprocCoreClient`) or in a process of its own (`ProcessCoreClient`, the
+server's default, so the step loop and the HTTP event loop never share a GIL), see core_client.py.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lpu_runtime.engine import Engine
+from lpu_runtime.types import EngineCoreOutput, EngineStats, GenerationRequest
+
+
+@dataclass(frozen=True)
+class AddRequest:
+    request: GenerationRequest
+    max_tokens: int  # resolved by `engine.admit` where the request arrived
+
+
+@dataclass(frozen=True)
+class AbortRequest:
+    request_id: str
+
+
+CoreMessage = AddRequest | AbortRequest
+Emit = Callable[[list[EngineCoreOutput], EngineStats], None]
+
+
+class EngineCore:
+    def __init__(self, engine: Engine, emit: Emit) -> None:
+        self.engine = engine
+        self.emit = emit
+        self._inbox: queue.SimpleQueue[CoreMessage] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+
+    def submit(self, message: CoreMessage) -> None:
+        """Thread-safe: the next loop iteration picks it up."""
+        self._inbox.put(message)
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        """Steps until stopped. An exception escapes to the caller, which fails what is pending."""
+        engine = self.engine
+        while not self._stop.is_set():
+            aborted = self._drain_inbox()
+            if aborted:
+                self.emit(aborted, engine.stats())
+            if not engine.has_work():
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            outputs = engine.step()
+            self.emit(outputs, engine.stats())
+
+    def _drain_inbox(self) -> list[EngineCoreOutput]:
+        aborted: list[EngineCoreOutput] = []
+        while True:
+            try:
+                message = self._inbox.get_nowait()
+            except queue.Empty:
+                return aborted
+            if isinstance(message, AddRequest):
+                self.engine.add(self.engine.make_sequence(message.request, message.max_tokens))
+            else:
+                out = self.engine.abort(message.request_id)
+                if out is not None:
+                    aborted.append(out)

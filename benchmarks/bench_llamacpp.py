@@ -13,7 +13,7 @@ Rows (select with --rows; the default is all, about 20-30 minutes on a 2-core ma
   3  rand-110M, 32 concurrent streams: aggregate tok/s (all completion tokens / burst wall time)
   4  rand-1.1B, 32 concurrent streams: aggregate tok/s and TTFT p50
   5  rand-110M, 512-token prompt: time to first token
-  6  host RSS of the server process with rand-1.1B loaded (VmRSS after load and after the runs, VmHWM)
+  6  host RSS of the server's processes with rand-1.1B loaded (VmRSS after load and after the runs, VmHWM)
   7  HTTP+SSE cost: lpu-serve's 32-stream aggregate tok/s against the same engine driven in-process (no HTTP),
      and the server's event-loop lag p99 over that 32-stream run (lpu_event_loop_lag_seconds, two scrapes)
   8  rand-110M, 8 streams: the emulated LPU's aggregate tok/s (from the simulated clock) against `lpu plan`'s
@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -57,6 +57,9 @@ BUILD_HINT = (
 OURS, LLAMA, ENGINE = "lpu-serve", "llama.cpp", "engine alone"
 ALL_ROWS = (1, 2, 3, 4, 5, 6, 7, 8)
 EMULATED_USERS = 8  # row 8's batch
+# Row 8's tokens per request: the first decode round waits behind the prefill's micro-batches, a fixed offset
+# the steady-state planner figure leaves out (0.11% of 16 tokens' time, 0.03% of 64, 0.006% of 256)
+EMULATED_TOKENS = 128
 LAG_METRIC = "lpu_event_loop_lag_seconds"
 WARMUP_PROMPT_TOKENS, WARMUP_TOKENS = 8, 4  # one unmeasured request per started server
 
@@ -149,9 +152,49 @@ class StreamSample:
     server: dict[str, Any] = field(default_factory=dict)  # usage timings / llama.cpp's `timings`
 
 
-async def stream_completion(
-    client: httpx.AsyncClient, model: str, prompt: Prompt, max_tokens: int
-) -> StreamSample:
+async def sse_events(url: str, path: str, body: dict[str, Any]) -> AsyncIterator[tuple[float, bytes]]:
+    """POSTs `body` and yields (arrival time, data) per server-sent event, on a raw asyncio connection.
+
+    Not httpx: at 32 streams its per-chunk Python cost was ~1.6 s of CPU per 11 s burst on a 2-core machine,
+    taken from whichever server was being measured. This reads HTTP/1.1 chunked framing and SSE lines only.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    payload = json.dumps(body).encode()
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+        + payload
+    )
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1]
+        if status != b"200":
+            raise RuntimeError(f"HTTP {status.decode()}: {(await reader.read(500)).decode(errors='replace')}")
+        chunked = b"transfer-encoding: chunked" in head.lower()
+        pending = b""
+        while True:
+            if chunked:
+                size = int((await reader.readline()).split(b";")[0], 16)
+                if size == 0:
+                    return
+                data = await reader.readexactly(size + 2)  # the chunk and its CRLF
+                pending += data[:-2]
+            else:
+                data = await reader.read(65536)
+                if not data:
+                    return
+                pending += data
+            now = time.perf_counter()
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if line.startswith(b"data: "):
+                    yield now, line[6:].rstrip(b"\r")
+    finally:
+        writer.close()
+
+
+async def stream_completion(url: str, model: str, prompt: Prompt, max_tokens: int) -> StreamSample:
     body = {
         "model": model,
         "prompt": prompt.text,
@@ -167,28 +210,24 @@ async def stream_completion(
     last: float | None = None
     usage: dict[str, Any] = {}
     server: dict[str, Any] = {}
-    async with client.stream("POST", "/v1/completions", json=body) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread()).decode()[:500]}")
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line.removeprefix("data: "))
-            if "error" in chunk:
-                raise RuntimeError(f"stream error: {chunk['error']}")
-            now = time.perf_counter()
-            for choice in chunk.get("choices") or ():
-                if choice.get("text"):
-                    first = now if first is None else first
-                    last = now
-                if choice.get("finish_reason"):
-                    last = now
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            if chunk.get("timings"):
-                server["timings"] = chunk["timings"]
-            if chunk.get("x_lpu"):
-                server["x_lpu"] = chunk["x_lpu"]
+    async for now, data in sse_events(url, "/v1/completions", body):
+        if data == b"[DONE]":
+            continue
+        chunk = json.loads(data)
+        if "error" in chunk:
+            raise RuntimeError(f"stream error: {chunk['error']}")
+        for choice in chunk.get("choices") or ():
+            if choice.get("text"):
+                first = now if first is None else first
+                last = now
+            if choice.get("finish_reason"):
+                last = now
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        if chunk.get("timings"):
+            server["timings"] = chunk["timings"]
+        if chunk.get("x_lpu"):
+            server["x_lpu"] = chunk["x_lpu"]
     done = time.perf_counter()
     if first is None or last is None or not usage:
         raise RuntimeError("the stream carried no text or no usage")
@@ -217,9 +256,9 @@ class Burst:
     lag_samples: float = 0.0
 
 
-async def burst(client: httpx.AsyncClient, model: str, prompts: Sequence[Prompt], max_tokens: int) -> Burst:
+async def burst(url: str, model: str, prompts: Sequence[Prompt], max_tokens: int) -> Burst:
     start = time.perf_counter()
-    samples = await asyncio.gather(*(stream_completion(client, model, p, max_tokens) for p in prompts))
+    samples = await asyncio.gather(*(stream_completion(url, model, p, max_tokens) for p in prompts))
     wall = time.perf_counter() - start
     return Burst(
         streams=len(prompts),
@@ -262,6 +301,28 @@ def proc_status(pid: int) -> dict[str, int]:
                 gguf += int(fields[1]) * 1024
         out["RssGguf"] = gguf
     return out
+
+
+def descendants(pid: int) -> list[int]:
+    """The process and every process it started, recursively (lpu-serve's engine process among them)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+    return out
+
+
+def tree_status(pid: int) -> dict[str, int]:
+    """proc_status summed over the process tree: lpu-serve holds its chips in an engine process of its own.
+    Shared library pages count once per process, so the sum slightly overstates; VmHWM is the sum of peaks."""
+    total: dict[str, int] = {}
+    for p in descendants(pid):
+        for key, value in proc_status(p).items():
+            total[key] = total.get(key, 0) + value
+    return total
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -393,6 +454,8 @@ def ours_command(setup: ModelSetup, port: int) -> list[str]:
         sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(port),
         "--model", str(setup.gguf), "--chips", str(setup.chips), "--max-model-len", str(setup.ctx_per_slot),
         "--max-num-seqs", str(setup.streams), "--log-level", "warning",
+        # llama-server queues without a bound; so does lpu-serve here, or a burst could meet its 429s
+        "--max-waiting-requests", "100000", "--max-waiting-tokens", "100000000",
     ]  # fmt: skip
 
 
@@ -433,27 +496,27 @@ async def measure_session(
     server: Server, system: str, setup: ModelSetup, cfg: Config, wanted: set[str], repeat: int
 ) -> dict[str, Any]:
     """What one started server gives: warm-up, then 1-stream decode, a 32-stream burst, long-prompt TTFT."""
-    result: dict[str, Any] = {"load_s": server.load_s, "memory_after_load": proc_status(server.pid)}
+    result: dict[str, Any] = {"load_s": server.load_s, "memory_after_load": tree_status(server.pid)}
     model = server.model_id()
     result["model_id"] = model
     # A fresh connection per request: llama-server (cpp-httplib) may close an idle keep-alive connection just
     # as the client reuses it; localhost connects cost ~0.1 ms, the same for both systems.
     limits = httpx.Limits(max_connections=cfg.streams + 8, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=server.url, timeout=httpx.Timeout(3600.0), limits=limits) as client:
-        await stream_completion(client, model, make_prompt(WARMUP_PROMPT_TOKENS, 1000), WARMUP_TOKENS)
+        await stream_completion(server.url, model, make_prompt(WARMUP_PROMPT_TOKENS, 1000), WARMUP_TOKENS)
         if system == LLAMA:
             result["token_ids_match"] = await same_token_ids(client, make_prompt(cfg.long_prompt_tokens, 0))
         base = repeat * 100  # each repeat's prompts differ from the last one's; both systems get the same
         if "single" in wanted:
             n = cfg.max_tokens_single[setup.key]
             result["single"] = [
-                await stream_completion(client, model, make_prompt(cfg.prompt_tokens, base + i), n)
+                await stream_completion(server.url, model, make_prompt(cfg.prompt_tokens, base + i), n)
                 for i in range(cfg.single_requests[setup.key])
             ]
         if "burst" in wanted:
             prompts = [make_prompt(cfg.prompt_tokens, base + 50 + i) for i in range(cfg.streams)]
             before = parse_histogram(await scrape(client), LAG_METRIC) if system == OURS else {}
-            b = await burst(client, model, prompts, cfg.max_tokens_burst[setup.key])
+            b = await burst(server.url, model, prompts, cfg.max_tokens_burst[setup.key])
             if system == OURS:
                 after = parse_histogram(await scrape(client), LAG_METRIC)
                 b.lag_p99_s = histogram_quantile(0.99, before, after)
@@ -462,13 +525,13 @@ async def measure_session(
         if "long" in wanted:
             result["long"] = [
                 await stream_completion(
-                    client, model, make_prompt(cfg.long_prompt_tokens, base + 90 + i), cfg.max_tokens_long
+                    server.url, model, make_prompt(cfg.long_prompt_tokens, base + 90 + i), cfg.max_tokens_long
                 )
                 for i in range(cfg.long_prompt_requests)
             ]
         if system == OURS:
             result["sram"] = sram_by_region(await scrape(client))
-    result["memory_after_runs"] = proc_status(server.pid)
+    result["memory_after_runs"] = tree_status(server.pid)
     if system == LLAMA:
         result["buffers"] = llama_buffers(server.log_path)
     return result
@@ -634,7 +697,7 @@ def run_emulated(setup: ModelSetup, cfg: Config, log_dir: Path) -> dict[str, Any
         "chips": setup.chips,
         "ctx_per_slot": setup.ctx_per_slot,
         "streams": setup.streams,
-        "max_tokens": cfg.max_tokens_burst[setup.key],
+        "max_tokens": EMULATED_TOKENS,
         "prompts": [list(make_prompt(cfg.prompt_tokens, 300 + i).token_ids) for i in range(EMULATED_USERS)],
     }
     return run_child("emulated", spec, cfg, log_dir, f"{setup.key}-emulated")

@@ -74,17 +74,20 @@ def summarize(values: Sequence[float]) -> Summary:
     return Summary(median=percentile(values, 0.5), p90=percentile(values, 0.9))
 
 
-async def stream_one(client: httpx.AsyncClient, model: str, max_tokens: int, user: str) -> RequestResult:
-    body = {
+def stream_body(model: str, max_tokens: int) -> dict[str, Any]:
+    """A streamed greedy chat completion of exactly `max_tokens` tokens."""
+    return {
         "model": model,
         "messages": [{"role": "user", "content": PROMPT}],
         "max_tokens": max_tokens,
         "temperature": 0,
         "ignore_eos": True,
         "stream": True,
-        "stream_options": {"include_usage": True},
-        "user": user,
     }
+
+
+async def stream_one(client: httpx.AsyncClient, model: str, max_tokens: int, user: str) -> RequestResult:
+    body = {**stream_body(model, max_tokens), "stream_options": {"include_usage": True}, "user": user}
     sent = time.perf_counter()
     first: float | None = None
     last = sent
@@ -180,8 +183,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def local_server(model: str, chips: int, extra: Sequence[str], timeout_s: float) -> Iterator[str]:
-    """`lpu serve` in a subprocess on a free port; yields its URL once /health says ok."""
+def local_server(model: str, chips: int, extra: Sequence[str], timeout_s: float) -> Iterator[tuple[str, int]]:
+    """`lpu serve` in a subprocess on a free port; yields its URL and process id once /health says ok."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LPU_")}
@@ -204,7 +207,7 @@ def local_server(model: str, chips: int, extra: Sequence[str], timeout_s: float)
                 except httpx.TransportError:
                     pass
                 time.sleep(0.25)
-            yield url
+            yield url, process.pid
         finally:
             process.terminate()
             try:
@@ -219,7 +222,7 @@ def server_url(args: argparse.Namespace) -> Iterator[str]:
     if args.url:
         yield args.url.rstrip("/")
     else:
-        with local_server(args.model, args.chips, args.server_arg, args.start_timeout) as url:
+        with local_server(args.model, args.chips, args.server_arg, args.start_timeout) as (url, _):
             yield url
 
 

@@ -251,11 +251,6 @@ def _preset(name: str) -> ModelConfig:
 
 def _synthetic(source: ModelSource) -> LoadedModel:
     config = _preset(source.model)
-    if config.n_experts > 1:
-        raise ModelFileError(
-            source.model,
-            "is a mixture-of-experts architecture, which `lpu compile` plans but the emulator cannot run",
-        )
     if source.tokenizer is None:
         assets = ModelAssets(ByteTokenizer(), None, "the byte-level tokenizer")
     else:

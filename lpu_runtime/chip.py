@@ -23,12 +23,22 @@ from lpu_runtime.errors import SramOverflowError
 from lpu_runtime.model import TokenBatch
 
 F32 = NDArray[np.float32]
+LinearKey = tuple[str | int, ...]  # the matrices' names a prepared op runs (and, for one expert, its index)
 
 
 @lru_cache(maxsize=8192)
 def linear_costs(chip: ChipSpec, tokens: tuple[int, ...], rows: int, cols: int) -> tuple[int, ...]:
     """Cycles of an int8 GEMM for each micro-batch's token count."""
     return tuple(perfmodel.linear_cycles(chip, n, rows, cols) for n in tokens)
+
+
+@lru_cache(maxsize=8192)
+def vector_costs(chip: ChipSpec, tokens: tuple[int, ...], elements_per_token: int) -> tuple[int, ...]:
+    """Cycles of one vector op (a norm, RoPE, a quantize, a residual add) for each micro-batch."""
+    return tuple(
+        perfmodel.vector_cycles(chip, n * elements_per_token, perfmodel.VECTOR_FLOPS_PER_ELEMENT)
+        for n in tokens
+    )
 
 
 @lru_cache(maxsize=8192)
@@ -60,7 +70,7 @@ class Chip:
         self.shards: dict[str, TensorShard] = {s.tensor: s for s in plan.shards}
         # Linear ops are prepared at load time (`prepare_linear`) from the SRAM views, never copies: the
         # kernels read the chip's own bytes on every call.
-        self._linears: dict[tuple[str, ...], PreparedLinear] = {}
+        self._linears: dict[LinearKey, PreparedLinear] = {}
         self.busy_cycles = 0  # cycles spent on ops since start
         self.micro_tokens: tuple[int, ...] = (0,)  # tokens of each micro-batch of the current step
         self.micro_seqs: tuple[int, ...] = (0,)  # sequences of each micro-batch of the current step
@@ -92,20 +102,30 @@ class Chip:
         """Input features of a resident matrix."""
         return int(self._views[name].shape[1])
 
-    def prepare_linear(self, names: tuple[str, ...]) -> None:
-        """Binds one kernel op to this chip's shards of the matrices `names`, which read the same input."""
-        self._linears[names] = self.backend.prepare_linear(
-            [(self._views[n], self._views[f"{n}.scale"], self._views.get(f"{n}.bias")) for n in names]
-        )
-
-    def linear(
-        self, x: QuantizedActs, names: tuple[str, ...], outs: Sequence[F32], cycles: Sequence[int]
+    def prepare_linear(
+        self, names: tuple[str, ...], rows: tuple[int, int] | None = None, key: LinearKey | None = None
     ) -> None:
-        """x (n, in) int8 times this chip's int8 shard of each matrix in `names` (one prepared op), written into
+        """Binds one kernel op to this chip's shards of the matrices `names`, which read the same input: all
+        their local rows, or rows [start, stop) of each (one expert of an expert-stacked matrix). The op keeps
+        views of the SRAM, never copies. It is run by `key` (default: the names)."""
+        a, b = rows or (0, None)
+
+        def part(n: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+            bias = self._views.get(f"{n}.bias")
+            return self._views[n][a:b], self._views[f"{n}.scale"][a:b], None if bias is None else bias[a:b]
+
+        self._linears[key or names] = self.backend.prepare_linear([part(n) for n in names])
+
+    def linear(self, x: QuantizedActs, key: LinearKey, outs: Sequence[F32], cycles: Sequence[int]) -> None:
+        """x (n, in) int8 times this chip's int8 rows of each matrix of the prepared op `key`, written into
         outs (n, rows) float32; charges each micro-batch its `cycles` (the caller's cost of the op, computed
         once per shape)."""
         self.charge(cycles)
-        self._linears[names](x, outs)
+        self.run(x, key, outs)
+
+    def run(self, x: QuantizedActs, key: LinearKey, outs: Sequence[F32]) -> None:
+        """The prepared op `key` without a charge: for ops whose caller charges a whole block at once."""
+        self._linears[key](x, outs)
 
     def embed(self, token_ids: NDArray[np.int64], out: F32) -> None:
         """Writes the rows of the embedding table this chip holds into out (n_tokens, dim) float32.

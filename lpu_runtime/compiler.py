@@ -118,6 +118,22 @@ class Plan:
     def kv_blocks(self) -> int:
         return self.kv_tokens // self.engine.kv_block_tokens
 
+    @property
+    def kv_capacity_tokens(self) -> int:
+        """KV tokens per layer the layout could hold: the reservation plus what the fullest chip's free SRAM
+        adds, in whole blocks. `lpu compile` and `lpu plan` both report it, whatever each reserved."""
+        block, align = self.engine.kv_block_tokens, self.system.chip.sram_alignment_bytes
+        best: int | None = None
+        for chip in self.chips:
+            kv = [s for s in chip.shards if s.kind is RegionKind.KV]
+            if not kv:
+                continue
+            per_token = sum(s.nbytes // s.shape[0] for s in kv)
+            slack = chip.capacity_bytes - chip.used_bytes - len(kv) * align  # alignment may take a unit each
+            more = max(0, slack) // per_token // block * block
+            best = more if best is None else min(best, more)
+        return self.kv_tokens + (best or 0)
+
     def hop_cycles(self, src_chip: int, dst_chip: int, nbytes: int) -> int:
         """A transfer between two chips: one hop inside a node, two across nodes."""
         per_node = self.system.chips_per_node
@@ -148,8 +164,9 @@ def unit_widths(model: ModelConfig, unit: Unit) -> Sequence[int]:
 
 
 def max_width(model: ModelConfig, unit: Unit) -> int:
-    """The widest split spare chips may buy: layers stop at whole KV heads (copying KV heads only ever
-    happens to make a layer fit, since the emulator executes groups up to n_kv_heads wide)."""
+    """The widest split spare chips may buy: layers stop at whole KV heads, and MoE layers at whole experts.
+    Copying KV heads, or splitting experts, only ever happens to make a layer fit: the copies cost SRAM and
+    the split experts' gathers cost time, and the calibrated deployments (docs/perfmodel.md) are laid out so."""
     if unit.kind is not UnitKind.LAYER:
         return model.vocab_size
     return min(model.n_kv_heads, model.n_experts) if model.is_moe else model.n_kv_heads
@@ -526,10 +543,11 @@ def render_plan(plan: Plan) -> str:
         f"of {m.head_dim}, vocab {m.vocab_size}, {m.n_params / 1e6:,.1f}M params",
         f"system: {plan.system.n_chips} x {chip.name} ({_mib(chip.sram_bytes)} MiB SRAM each, "
         f"{plan.system.chips_per_node} per node); {plan.n_chips_used} used, {plan.idle_chips} idle",
-        f"pipeline: {len(plan.stages)} stages; KV cache {plan.kv_tokens:,} tokens per layer "
-        f"({plan.kv_blocks:,} blocks of {plan.engine.kv_block_tokens})",
+        f"pipeline: {len(plan.stages)} stages; KV cache {plan.kv_tokens:,} tokens per layer reserved "
+        f"({plan.kv_blocks:,} blocks of {plan.engine.kv_block_tokens}), {plan.kv_capacity_tokens:,} fit",
         f"estimated decode: {plan.est_decode_cycles:,} cycles/token = "
-        f"{chip.clock_hz / max(plan.est_decode_cycles, 1):,.0f} tokens/s per user (batch 1)",
+        f"{chip.clock_hz / max(plan.est_decode_cycles, 1):,.0f} tokens/s per user "
+        f"(batch 1, at {BALANCE_CONTEXT} tokens of context; `lpu plan` gives the pipelined figure for a batch)",
         "",
         f"{'chip':>5} {'stage':>5} {'rank':>4}  {'holds':<34} {'weights':>10} {'kv':>10} {'buffers':>9}"
         f" {'used':>10} {'free':>10}  (MiB)",

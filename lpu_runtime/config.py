@@ -19,14 +19,19 @@ class ChipSpec:
     clock_hz: int = 900_000_000  # Hz
     int8_ops_per_s: float = 750e12  # ops/s (a multiply-add is 2 ops)
     fp16_flops_per_s: float = 188e12  # flop/s
+    fp8_flops_per_s: float = 0.0  # flop/s; 0: the chip has no FP8 matrix units (GroqChip1)
     sram_bandwidth_bytes_per_s: float = 80e12  # bytes/s, aggregate on-die
     n_links: int = 16  # chip-to-chip links
     link_bandwidth_bytes_per_s: float = 14e9  # bytes/s per link per direction
     hop_latency_ns: float = 240.0  # ns per chip-to-chip hop
     # The two fitted parameters of the performance model (docs/perfmodel.md has the fit and its data):
-    op_latency_cycles: int = 2900  # cycles of fixed latency per dependent op, fitted
-    weight_stream_efficiency: float = 0.11  # fraction of SRAM bandwidth a GEMM streams weights at, fitted
+    op_latency_cycles: int = 2260  # cycles of fixed latency per dependent op, fitted
+    weight_stream_efficiency: float = 0.996  # fraction of SRAM bandwidth a GEMM streams weights at, fitted
     sram_alignment_bytes: int = 64  # bytes; every SRAM allocation starts on this boundary
+    # The weights' format: "int8", or "fp8" where the chip has FP8 matrix units. Both are one byte per weight
+    # with a scale per output row, so placement is the same; a GEMM's arithmetic runs at that format's peak.
+    # The emulator's kernels compute int8.
+    weights: str = "int8"
 
     def __post_init__(self) -> None:
         for name in ("sram_bytes", "clock_hz", "n_links", "sram_alignment_bytes"):
@@ -46,6 +51,17 @@ class ChipSpec:
             )
         if self.hop_latency_ns < 0 or self.op_latency_cycles < 0:
             raise ValueError("ChipSpec latencies must not be negative")
+        if self.fp8_flops_per_s < 0:
+            raise ValueError(f"ChipSpec.fp8_flops_per_s must not be negative, got {self.fp8_flops_per_s}")
+        if self.weights not in ("int8", "fp8"):
+            raise ValueError(f"ChipSpec.weights must be int8 or fp8, got {self.weights!r}")
+        if self.weights == "fp8" and not self.fp8_flops_per_s:
+            raise ValueError(f"{self.name} has no FP8 matrix units (fp8_flops_per_s is 0): use int8 weights")
+
+    @property
+    def matmul_ops_per_s(self) -> float:
+        """The peak a GEMM over this chip's weights runs at (ops/s, a multiply-add is 2)."""
+        return self.fp8_flops_per_s if self.weights == "fp8" else self.int8_ops_per_s
 
     def cycles(self, seconds: float) -> int:
         """Seconds -> whole cycles, rounded up so no cost is ever free."""
@@ -113,7 +129,7 @@ class ModelConfig:
     description: str = ""
     attention_bias: bool = False  # q, k and v projections carry biases (Qwen2)
     rope_scaling: RopeScaling | None = None
-    n_experts: int = 1  # > 1: a mixture-of-experts FFN (Mixtral); planned and costed, not emulated
+    n_experts: int = 1  # > 1: a mixture-of-experts FFN (Mixtral): ffn_dim is one expert's
     n_experts_per_token: int = 1  # experts each token is routed to
     # Width of one attention head; 0 (not given): dim // n_heads. Some models set it apart from dim
     # (Mistral-Nemo: dim 5120, 32 heads of 128), so q and the attention output are q_dim wide, not dim.
@@ -220,6 +236,16 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
         name="llama-3-70b", dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, ffn_dim=28672,
         vocab_size=128256, rope_theta=500000.0, max_context=8192,
     ),
+    "llama-3.1-8b": ModelConfig(
+        name="llama-3.1-8b", dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336,
+        vocab_size=128256, rope_theta=500000.0, max_context=131072,
+        rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 8192),
+    ),
+    "llama-3.3-70b": ModelConfig(
+        name="llama-3.3-70b", dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, ffn_dim=28672,
+        vocab_size=128256, rope_theta=500000.0, max_context=131072,
+        rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 8192),
+    ),
     "llama-3.1-405b": ModelConfig(
         name="llama-3.1-405b", dim=16384, n_layers=126, n_heads=128, n_kv_heads=8, ffn_dim=53248,
         vocab_size=128256, rope_theta=500000.0, max_context=131072,
@@ -228,6 +254,28 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     "mixtral-8x7b": ModelConfig(
         name="mixtral-8x7b", dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336,
         vocab_size=32000, rope_theta=1e6, max_context=32768, n_experts=8, n_experts_per_token=2,
+    ),
+    # The shapes of models served with other layer details (Gemma 2: GeGLU, soft-capping, sliding-window layers;
+    # gpt-oss: attention sinks and biases, sliding-window layers, MXFP4 experts). The planner sizes and times
+    # them as Llama-family decoders of these shapes with full attention in every layer, which over-counts
+    # their KV cache.
+    "gemma-2-9b": ModelConfig(
+        name="gemma-2-9b", dim=3584, n_layers=42, n_heads=16, n_kv_heads=8, head_dim=256, ffn_dim=14336,
+        vocab_size=256000, max_context=8192, tied_embeddings=True,
+    ),
+    "gpt-oss-20b": ModelConfig(
+        name="gpt-oss-20b", dim=2880, n_layers=24, n_heads=64, n_kv_heads=8, head_dim=64, ffn_dim=2880,
+        vocab_size=201088, rope_theta=150000.0, max_context=131072, n_experts=32, n_experts_per_token=4,
+    ),
+    "gpt-oss-120b": ModelConfig(
+        name="gpt-oss-120b", dim=2880, n_layers=36, n_heads=64, n_kv_heads=8, head_dim=64, ffn_dim=2880,
+        vocab_size=201088, rope_theta=150000.0, max_context=131072, n_experts=128, n_experts_per_token=4,
+    ),
+    # Mixtral's shape family (8 experts, top 2, 8 KV heads, its vocabulary) at 29M parameters, to serve a
+    # mixture of experts on emulated chips here: `lpu serve --model synthetic:tiny-mixtral`.
+    "tiny-mixtral": ModelConfig(
+        name="tiny-mixtral", dim=256, n_layers=4, n_heads=8, n_kv_heads=8, ffn_dim=512,
+        vocab_size=32000, rope_theta=1e6, max_context=4096, n_experts=8, n_experts_per_token=2,
     ),
 }  # fmt: skip
 
@@ -249,6 +297,9 @@ class EngineConfig:
     kv_block_tokens: int = 16  # tokens per KV-cache block
     max_kv_tokens: int | None = None  # cap on KV tokens reserved per chip; None: max_num_seqs x max_context
     seed: int = 0  # seed of the synthetic weights
+    # Prefill-decode disaggregation: prompts run on this GPU server preset (hardware.GPU_PRESETS: "h100",
+    # "h200"), timed by the GPU model, their KV moved to the LPU chips, which decode. None: all on the LPU.
+    prefill_on: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "kv_block_tokens"):

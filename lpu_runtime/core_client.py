@@ -26,6 +26,7 @@ from lpu_runtime.compiler import Plan
 from lpu_runtime.engine import Engine
 from lpu_runtime.engine_core import CoreMessage, EngineCore
 from lpu_runtime.errors import EngineDeadError
+from lpu_runtime.grammar import GrammarVocab
 from lpu_runtime.types import EngineCoreOutput, EngineStats
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,9 @@ class EngineProcessSpec:
     eos_ids: tuple[int, ...]
     banned_ids: tuple[int, ...]
     log_level: int = logging.INFO
+    distributed: str = "local"  # where the stage workers run: "local" (this process) or "ray"
+    ray_address: str | None = None  # the Ray cluster to join (None: RAY_ADDRESS, else a local one)
+    grammar_vocab: GrammarVocab | None = None  # constrained decoding compiles grammars against it
 
 
 class ProcessCoreClient:
@@ -192,11 +196,10 @@ def engine_process_main(spec: EngineProcessSpec, conn: Connection) -> None:
             conn.send(message)
 
     try:
-        from lpu_runtime.executor import PipelineExecutor
-        from lpu_runtime.loaders.progress import LoadProgress
+        from lpu_runtime.executor import build_executor
 
-        executor = PipelineExecutor(spec.plan, spec.source, on_tensor=LoadProgress(spec.model_name))
-        engine = Engine(spec.plan, executor, spec.eos_ids, spec.banned_ids)
+        executor = build_executor(spec.plan, spec.source, spec.model_name, spec.distributed, spec.ray_address)
+        engine = Engine(spec.plan, executor, spec.eos_ids, spec.banned_ids, grammar_vocab=spec.grammar_vocab)
     except BaseException as exc:
         send(("failed", _describe(exc)))
         raise SystemExit(1) from None
@@ -206,7 +209,7 @@ def engine_process_main(spec: EngineProcessSpec, conn: Connection) -> None:
         spec.model_name,
         spec.plan.n_chips_used,
         len(spec.plan.stages),
-        executor.backend.name,
+        executor.stages.backend_name,
     )
     core = EngineCore(engine, lambda outputs, stats: send(("outputs", outputs, stats)))
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lpu_runtime.engine import Engine
+from lpu_runtime.errors import StageUnavailableError
 from lpu_runtime.types import EngineCoreOutput, EngineStats, GenerationRequest
 
 
@@ -29,6 +30,7 @@ class AbortRequest:
 
 
 CoreMessage = AddRequest | AbortRequest
+RECOVER_POLL_S = 2.0  # seconds between readiness probes of a failed stage
 Emit = Callable[[list[EngineCoreOutput], EngineStats], None]
 
 
@@ -62,6 +64,27 @@ class EngineCore:
                 continue
             outputs = engine.step()
             self.emit(outputs, engine.stats())
+            if engine.unavailable is not None:
+                self._recover()
+
+    def _recover(self) -> None:
+        """Waits for a failed stage to come back; requests that arrive meanwhile fail at once, not hang."""
+        engine = self.engine
+        while not self._stop.is_set() and not engine.recover(timeout_s=RECOVER_POLL_S):
+            failed = []
+            while True:
+                try:
+                    message = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(message, AddRequest):
+                    failed.append(
+                        engine.fail(
+                            message.request.request_id, StageUnavailableError(engine.unavailable or "")
+                        )
+                    )
+            self.emit(failed, engine.stats())
+        self.emit([], engine.stats())
 
     def _drain_inbox(self) -> list[EngineCoreOutput]:
         aborted: list[EngineCoreOutput] = []

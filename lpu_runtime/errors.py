@@ -34,7 +34,8 @@ class SramOverflowError(LpuError):
 
 
 class EngineDeadError(LpuError):
-    """The engine thread has stopped; no request can be served until the process restarts."""
+    """The engine cannot take requests now: its step loop died (and is being restarted, or is gone for good)
+    or the server is shutting down."""
 
 
 class ChatTemplateError(LpuError):
@@ -49,3 +50,8 @@ class ModelFileError(LpuError, ValueError):
         super().__init__(f"{path}: {problem}")
         self.path = str(path)
         self.problem = problem
+
+
+class StageUnavailableError(LpuError):
+    """A pipeline stage running elsewhere (a Ray actor) died or stopped answering: the step is lost, and every
+    running request's KV cache with it; the message names the stage."""

@@ -1,8 +1,10 @@
 """Hardware presets for planning: LPU chips and their deployment, the GPU comparator, prices and power.
 
-Every default carries its source in docs/hardware.md. A `HardwareSpec` is built from presets, then a YAML
-file, then single overrides (the CLI flags), each later layer replacing only the fields it names. A new chip
-generation is a new entry in `CHIP_PRESETS` (and `LPU_DEPLOYMENT_PRESETS` for its card, node and rack).
+Every default carries its source in docs/hardware.md, and every figure no one has published is marked an
+estimate there. A `HardwareSpec` is built from presets, then a YAML file, then single overrides (the CLI
+flags), each later layer replacing only the fields it names. A chip generation is an entry in `CHIP_PRESETS`
+and one in `LPU_DEPLOYMENT_PRESETS` for its card, node and rack: GroqChip1 (2020) and the Groq 3 LPU (LP30,
+2026) in its LPX rack.
 """
 
 from __future__ import annotations
@@ -21,7 +23,28 @@ from lpu_runtime.config import ChipSpec
 # ChipSpec's defaults are GroqChip1, fitted parameters included (docs/perfmodel.md).
 GROQCHIP1 = ChipSpec()
 
-CHIP_PRESETS: dict[str, ChipSpec] = {"groqchip1": GROQCHIP1}
+# The Groq 3 LPU (LP30, Samsung 4 nm), announced by NVIDIA at GTC in March 2026: published per-chip SRAM, SRAM
+# bandwidth, FP8 peak (the LPX rack's 315 PFLOPS over its 256 chips) and chip-to-chip links (96 at 112 Gb/s,
+# 2.5 TB/s both ways). Its clock, int8 and fp16 peaks and hop latency are not published: estimates, each
+# overridable (docs/hardware.md). With no published speed measured on it, the op latency (in seconds) and
+# the weight-stream efficiency are GroqChip1's fitted values.
+GROQ3 = ChipSpec(
+    name="Groq3-LP30",
+    sram_bytes=500_000_000,  # bytes: "500 MB" per chip (128 GB per 256-chip rack)
+    clock_hz=GROQCHIP1.clock_hz,  # estimate: unpublished; GroqChip1's, so the fitted cycles carry over
+    int8_ops_per_s=315e15 / 256,  # estimate: the FP8 peak (no int8 figure published)
+    fp16_flops_per_s=315e15 / 256 / 2,  # estimate: half the FP8 peak, as on GPUs
+    fp8_flops_per_s=315e15 / 256,  # flop/s: 315 PFLOPS FP8 per 256-chip rack
+    sram_bandwidth_bytes_per_s=150e12,  # bytes/s
+    n_links=96,
+    link_bandwidth_bytes_per_s=2.5e12 / 2 / 96,  # bytes/s per link per direction: 2.5 TB/s bidirectional
+    hop_latency_ns=GROQCHIP1.hop_latency_ns,  # estimate: GroqChip1's
+    op_latency_cycles=GROQCHIP1.op_latency_cycles,
+    weight_stream_efficiency=GROQCHIP1.weight_stream_efficiency,
+    weights="fp8",
+)
+
+CHIP_PRESETS: dict[str, ChipSpec] = {"groqchip1": GROQCHIP1, "groq3": GROQ3}
 
 MONTHS_PER_YEAR = 12
 
@@ -60,7 +83,21 @@ class LpuDeployment:
         _check_non_negative(self, ("host_price_usd", "host_avg_power_w", "host_tdp_w"))
 
 
-LPU_DEPLOYMENT_PRESETS: dict[str, LpuDeployment] = {"groqchip1": LpuDeployment()}
+LPU_DEPLOYMENT_PRESETS: dict[str, LpuDeployment] = {
+    "groqchip1": LpuDeployment(),
+    # The LPX rack: 32 liquid-cooled compute trays of 8 LPUs. No price or power has been published: the card
+    # price is GroqChip1's, the power an estimate for a 4 nm chip of its size, the tray's host like a node's.
+    "groq3": LpuDeployment(
+        card_price_usd=20_000.0,  # estimate
+        card_avg_power_w=300.0,  # estimate
+        card_tdp_w=450.0,  # estimate
+        chips_per_node=8,  # a compute tray
+        nodes_per_rack=32,
+        host_price_usd=30_000.0,  # estimate, per tray
+        host_avg_power_w=600.0,  # estimate
+        host_tdp_w=1_100.0,  # estimate
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -75,8 +112,8 @@ class GpuSpec:
     nvlink_bandwidth_bytes_per_s: float = 450e9  # bytes/s per direction per GPU (NVLink 4, 900 GB/s total)
     allreduce_latency_s: float = 8e-6  # s, a small-message NCCL all-reduce over NVLink (assumed)
     # Fitted once against published Llama-2-70B TP8 batch-1 speeds in FP16 and FP8 (docs/perfmodel.md):
-    hbm_efficiency: float = 0.6  # fraction of HBM bandwidth decode GEMMs achieve, fitted
-    kernel_latency_s: float = 1.2e-6  # s per kernel on the dependent chain, fitted
+    hbm_efficiency: float = 0.603  # fraction of HBM bandwidth decode GEMMs achieve, fitted
+    kernel_latency_s: float = 1.19e-6  # s per kernel on the dependent chain, fitted
 
     def __post_init__(self) -> None:
         _check_positive(
@@ -89,7 +126,12 @@ class GpuSpec:
             raise ValueError(f"GpuSpec.hbm_efficiency must be in (0, 1], got {self.hbm_efficiency}")
 
 
-GPU_PRESETS: dict[str, GpuSpec] = {"h100-sxm": GpuSpec()}
+GPU_PRESETS: dict[str, GpuSpec] = {
+    "h100": GpuSpec(),
+    # H200 SXM: the H100's compute with 141 GB of HBM3e at 4.8 TB/s (NVIDIA H200 datasheet). The fitted
+    # efficiency and kernel latency are the H100's: the same silicon and software.
+    "h200": GpuSpec(name="H200-SXM-141GB", hbm_bytes=141e9, hbm_bandwidth_bytes_per_s=4.8e12),
+}
 
 
 @dataclass(frozen=True)
@@ -109,12 +151,31 @@ class GpuServer:
             raise ValueError(f"GpuServer.precision must be fp16 or fp8, got {self.precision!r}")
 
     @property
+    def name(self) -> str:
+        return f"{self.n_gpus} x {self.gpu.name}"
+
+    @property
     def bytes_per_param(self) -> int:
         return 2 if self.precision == "fp16" else 1
 
     @property
     def peak_flops_per_s(self) -> float:
         return self.gpu.fp16_flops_per_s if self.precision == "fp16" else self.gpu.fp8_flops_per_s
+
+
+@dataclass(frozen=True)
+class KvLink:
+    """The network a prompt's KV cache crosses from the prefill GPUs to the decode LPUs (disaggregation)."""
+
+    bandwidth_bytes_per_s: float = 400e9  # bytes/s: eight 400 Gb/s NICs of one 8-GPU server (an estimate)
+    latency_s: float = 10e-6  # s, one transfer's set-up and network latency (an estimate)
+
+    def __post_init__(self) -> None:
+        _check_positive(self, ("bandwidth_bytes_per_s",))
+        _check_non_negative(self, ("latency_s",))
+
+    def seconds(self, nbytes: float) -> float:
+        return self.latency_s + nbytes / self.bandwidth_bytes_per_s
 
 
 @dataclass(frozen=True)
@@ -125,9 +186,30 @@ class HardwareSpec:
     lpu: LpuDeployment = field(default_factory=LpuDeployment)
     gpu_server: GpuServer = field(default_factory=GpuServer)
     power_price_usd_per_kw_month: float = 200.0  # $ per kW per month, colocation with cooling
+    kv_link: KvLink = field(default_factory=KvLink)
+    # Disaggregated serving: prompts prefilled on these GPU servers, decode on the LPUs; None: all on LPUs.
+    prefill_server: GpuServer | None = None
 
     def __post_init__(self) -> None:
         _check_positive(self, ("power_price_usd_per_kw_month",))
+
+
+def chip_hardware(name: str, base: HardwareSpec | None = None) -> HardwareSpec:
+    """`base` (default presets) with the chip preset `name` and its deployment (card, node, rack, power)."""
+    key = name.lower()
+    if key not in CHIP_PRESETS:
+        raise SpecError(f"unknown chip preset {name!r}; known: {', '.join(sorted(CHIP_PRESETS))}")
+    return dataclasses.replace(
+        base or HardwareSpec(), chip=CHIP_PRESETS[key], lpu=LPU_DEPLOYMENT_PRESETS[key]
+    )
+
+
+def gpu_server(name: str, base: GpuServer | None = None) -> GpuServer:
+    """`base` (default: an 8-GPU server) with the GPU preset `name` (h100, h200)."""
+    key = name.lower()
+    if key not in GPU_PRESETS:
+        raise SpecError(f"unknown GPU preset {name!r}; known: {', '.join(sorted(GPU_PRESETS))}")
+    return dataclasses.replace(base or GpuServer(), gpu=GPU_PRESETS[key])
 
 
 @dataclass(frozen=True)
@@ -145,6 +227,16 @@ class OwnershipCost:
 
     def power_usd(self, years: float) -> float:
         return self.power_usd_per_year * years
+
+    def plus(self, other: OwnershipCost) -> OwnershipCost:
+        """Two systems bought and run together (the LPUs and the prefill GPUs of a disaggregated system)."""
+        return OwnershipCost(
+            self.units + other.units,
+            self.purchase_usd + other.purchase_usd,
+            self.avg_power_kw + other.avg_power_kw,
+            self.tdp_kw + other.tdp_kw,
+            self.power_usd_per_year + other.power_usd_per_year,
+        )
 
 
 def ownership_cost(
@@ -177,12 +269,13 @@ class SpecError(ValueError):
     """A hardware spec file or override is invalid; the message names the file and field."""
 
 
-SPEC_KEYS = frozenset({"chip", "lpu", "gpu", "gpu_server", "power_price_usd_per_kw_month"})
+SPEC_KEYS = frozenset({"chip", "lpu", "gpu", "gpu_server", "kv_link", "power_price_usd_per_kw_month"})
 
 
 def load_spec(path: Path, base: HardwareSpec | None = None) -> HardwareSpec:
-    """Applies a YAML file to `base` (default presets). Sections: chip, lpu, gpu, gpu_server (field: value,
-    and `preset: NAME` to start a chip or gpu from a preset) and a top-level power_price_usd_per_kw_month."""
+    """Applies a YAML file to `base` (default presets). Sections: chip, lpu, gpu, gpu_server, kv_link (field:
+    value, and `preset: NAME` to start a chip, an lpu deployment or a gpu from a preset) and a top-level
+    power_price_usd_per_kw_month."""
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -210,6 +303,10 @@ def load_spec(path: Path, base: HardwareSpec | None = None) -> HardwareSpec:
     if "gpu_server" in data:
         spec = dataclasses.replace(
             spec, gpu_server=_apply(spec.gpu_server, data["gpu_server"], f"{where}: gpu_server", {})
+        )
+    if "kv_link" in data:
+        spec = dataclasses.replace(
+            spec, kv_link=_apply(spec.kv_link, data["kv_link"], f"{where}: kv_link", {})
         )
     if "power_price_usd_per_kw_month" in data:
         spec = override(spec, where, power_price_usd_per_kw_month=data["power_price_usd_per_kw_month"])

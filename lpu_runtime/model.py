@@ -7,7 +7,7 @@ on emulated chips. This module knows nothing about chips (the compiler is a pass
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property, partial
 from typing import Generic, Protocol, TypeVar
 
@@ -29,8 +29,13 @@ BIASED_NAMES = ("wq", "wk", "wv")  # the projections that carry a bias when Mode
 
 
 def layer_tensor_shapes(config: ModelConfig, layer: int) -> dict[str, tuple[int, ...]]:
-    """One decoder layer's tensors: matrices (out_features, in_features) as in HuggingFace."""
+    """One decoder layer's tensors: matrices (out_features, in_features) as in HuggingFace.
+
+    A mixture-of-experts layer has a router (n_experts, dim) and its experts' matrices stacked: expert e's
+    rows of w1, w3 at e * ffn_dim ..., of w2 at e * dim ..., so a chip holding whole experts, or a slice of
+    one, holds one contiguous range of rows."""
     d, q, kv, f, p = config.dim, config.q_dim, config.kv_dim, config.ffn_dim, f"layers.{layer}"
+    e = config.n_experts
     shapes: dict[str, tuple[int, ...]] = {
         f"{p}.attn_norm": (d,),
         f"{p}.wq": (q, d),
@@ -38,9 +43,10 @@ def layer_tensor_shapes(config: ModelConfig, layer: int) -> dict[str, tuple[int,
         f"{p}.wv": (kv, d),
         f"{p}.wo": (d, q),
         f"{p}.ffn_norm": (d,),
-        f"{p}.w1": (f, d),  # gate
-        f"{p}.w3": (f, d),  # up
-        f"{p}.w2": (d, f),  # down
+        **({f"{p}.router": (e, d)} if config.is_moe else {}),
+        f"{p}.w1": (e * f, d),  # gate
+        f"{p}.w3": (e * f, d),  # up
+        f"{p}.w2": (e * d, f),  # down
     }
     if config.attention_bias:
         shapes.update({f"{p}.wq.bias": (q,), f"{p}.wk.bias": (kv,), f"{p}.wv.bias": (kv,)})
@@ -210,6 +216,26 @@ class TokenBatch:
             new_slots=np.concatenate(new).astype(np.int64, copy=False) if new else np.zeros(0, np.int64),
         )
 
+    def subset(self, keep: Sequence[int]) -> TokenBatch:
+        """The sequences `keep` (ascending indices) as a batch of their own: rows renumbered, each micro-batch
+        keeping its kept sequences (a micro-batch left empty is dropped)."""
+        chosen = [self.seqs[i] for i in keep]
+        rows = (
+            np.concatenate([np.arange(s.row, s.row + s.n_tokens) for s in chosen])
+            if chosen
+            else np.zeros(0, np.int64)
+        )
+        seqs, row = [], 0
+        for s in chosen:
+            seqs.append(replace(s, row=row))
+            row += s.n_tokens
+        b, micro = self.micro_bounds, [0]
+        for j in range(len(b) - 1):
+            kept = sum(1 for i in keep if b[j] <= i < b[j + 1])
+            if kept:
+                micro.append(micro[-1] + kept)
+        return TokenBatch(self.token_ids[rows], self.positions[rows], tuple(seqs), tuple(micro))
+
     @classmethod
     def single(cls, token_ids: Sequence[int]) -> TokenBatch:
         """A whole prompt as one sequence at position 0, KV slots 0..n-1 (used by the reference and tests)."""
@@ -217,6 +243,63 @@ class TokenBatch:
         ids = np.asarray(token_ids, dtype=np.int64)
         pos = np.arange(n, dtype=np.int64)
         return cls(ids, pos, (SeqSlice(0, n, 0, pos.copy()),))
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Which experts each token of a step goes to, and with what weight."""
+
+    experts: I64  # (n_tokens, k) the chosen experts, highest logit first
+    weights: F32  # (n_tokens, k) float32 gate weights, summing to 1 per token
+    n_experts: int
+
+    @cached_property
+    def order(self) -> I64:
+        """(n_tokens * k,) token-expert pairs (index t * k + slot) grouped by expert, tokens ascending: the
+        order experts compute their rows in."""
+        order: I64 = np.argsort(self.experts.ravel(), kind="stable")
+        return order
+
+    @cached_property
+    def bounds(self) -> I64:
+        """(n_experts + 1,) where each expert's pairs start in `order`."""
+        counts = np.bincount(self.experts.ravel(), minlength=self.n_experts)
+        bounds = np.zeros(self.n_experts + 1, dtype=np.int64)
+        np.cumsum(counts, out=bounds[1:])
+        return bounds
+
+    def tokens_of(self, expert: int) -> I64:
+        """Rows routed to `expert`, ascending."""
+        k = self.experts.shape[1]
+        tokens: I64 = self.order[self.bounds[expert] : self.bounds[expert + 1]] // k
+        return tokens
+
+
+def route(logits: F32, k: int) -> Routing:
+    """Mixtral's router: each token's k highest logits (ties to the lower expert), weighted by a softmax over
+    those k (equal to Mixtral's softmax over all experts renormalised over the chosen ones).
+
+    logits: (n_tokens, n_experts) float32. Row by row, so a token routes alike batched or alone, on any chip.
+    """
+    experts = np.argsort(-logits, axis=1, kind="stable")[:, :k]  # (n_tokens, k)
+    top = np.take_along_axis(logits, experts, axis=1)
+    w = np.exp(top - top[:, :1])
+    return Routing(
+        experts.astype(np.int64), (w / w.sum(axis=1, keepdims=True)).astype(np.float32), logits.shape[1]
+    )
+
+
+def combine(routing: Routing, outputs: F32) -> F32:
+    """outputs: (n_tokens * k, dim) each pair's expert output in `routing.order`; returns (n_tokens, dim), the
+    weighted sum over each token's experts in slot order, so every split sums the same values the same way."""
+    n, k = routing.experts.shape
+    by_pair = np.empty_like(outputs)
+    by_pair[routing.order] = outputs
+    y = by_pair.reshape(n, k, -1)
+    out: F32 = y[:, 0] * routing.weights[:, :1]
+    for slot in range(1, k):
+        out = out + y[:, slot] * routing.weights[:, slot : slot + 1]
+    return out
 
 
 class Attention(Protocol):
@@ -229,34 +312,62 @@ class Attention(Protocol):
 
 
 @dataclass(frozen=True)
+class DenseFFN(Generic[A]):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    gate_up: Callable[[A], Sequence[F32]]  # w1 (gate) and w3 (up), reading one input
+    swiglu: Callable[[F32, F32], A]  # silu(gate) * up, as w2 reads it
+    w2: Callable[[A], F32]
+
+    def __call__(self, x: A) -> F32:
+        gate, up = self.gate_up(x)
+        return self.w2(self.swiglu(gate, up))
+
+
+@dataclass(frozen=True)
+class MoEFFN(Generic[A]):
+    """A mixture of SwiGLU experts: the router picks k per token, only those experts run, their outputs are
+    summed with the router's weights."""
+
+    router: Callable[[A], F32]  # (n_tokens, n_experts) logits
+    experts: Callable[[A, Routing], F32]  # every routed pair's expert output, (n_tokens * k, dim) in order
+    k: int
+
+    def __call__(self, x: A) -> F32:
+        routing = route(self.router(x), self.k)
+        return combine(routing, self.experts(x, routing))
+
+
+@dataclass(frozen=True)
 class LayerOps(Generic[A]):
     """One decoder layer's operations. A projection reads its input in form A, which the norms, `act` and
-    `swiglu` produce: float32 for the reference, int8 with per-token scales on the chips, so an activation
-    is quantized once however many matrices and tensor-parallel ranks read it."""
+    the FFN's gating produce: float32 for the reference, int8 with per-token scales on the chips, so an
+    activation is quantized once however many matrices and tensor-parallel ranks read it."""
 
     attn_norm: Callable[[F32], A]  # RMSNorm of the residual stream, (n_tokens, dim)
     ffn_norm: Callable[[F32], A]
     qkv: Callable[[A], Sequence[F32]]  # wq, wk, wv: three matrices reading one input
     wo: Callable[[A], F32]
-    gate_up: Callable[[A], Sequence[F32]]  # w1 (gate) and w3 (up), reading one input
-    w2: Callable[[A], F32]
+    ffn: Callable[[A], F32]  # DenseFFN or MoEFFN: (n_tokens, dim)
     attention: Attention
     act: Callable[[F32], A]  # the attention output, as wo reads it
-    swiglu: Callable[[F32, F32], A]  # silu(gate) * up, as w2 reads it
-    rope: Callable[[F32, I64], F32]  # rotary embedding of (n_tokens, heads, head_dim) at the positions
+    # rotary embedding of q (n_tokens, n_heads, head_dim) and of k (n_tokens, n_kv_heads, head_dim): two ops,
+    # since a chip holds different numbers of query and KV heads
+    rope_q: Callable[[F32, I64], F32]
+    rope_k: Callable[[F32, I64], F32]
+    add: Callable[[F32, F32], F32]  # a residual add (after attention and after the FFN)
 
 
 def decoder_layer(x: F32, ops: LayerOps[A], config: ModelConfig, batch: TokenBatch) -> F32:
-    """x: (n_tokens, dim) float32 residual stream -> the same after one pre-norm attention + SwiGLU block."""
+    """x: (n_tokens, dim) float32 residual stream -> the same after one pre-norm attention + FFN block."""
     n = x.shape[0]
     q, k, v = ops.qkv(ops.attn_norm(x))
-    q = ops.rope(q.reshape(n, config.n_heads, config.head_dim), batch.positions)
-    k = ops.rope(k.reshape(n, config.n_kv_heads, config.head_dim), batch.positions)
+    q = ops.rope_q(q.reshape(n, config.n_heads, config.head_dim), batch.positions)
+    k = ops.rope_k(k.reshape(n, config.n_kv_heads, config.head_dim), batch.positions)
     v = v.reshape(n, config.n_kv_heads, config.head_dim)
     attn = ops.attention(q, k, v, batch).reshape(n, config.q_dim)
-    x = x + ops.wo(ops.act(attn))
-    gate, up = ops.gate_up(ops.ffn_norm(x))
-    return x + ops.w2(ops.swiglu(gate, up))
+    x = ops.add(x, ops.wo(ops.act(attn)))
+    return ops.add(x, ops.ffn(ops.ffn_norm(x)))
 
 
 @dataclass(frozen=True)
@@ -286,6 +397,30 @@ def _unchanged(x: F32) -> F32:
 
 def _swiglu(gate: F32, up: F32) -> F32:
     return silu(gate) * up
+
+
+def residual_add(x: F32, y: F32) -> F32:
+    out: F32 = x + y
+    return out
+
+
+@dataclass(frozen=True)
+class DenseExperts:
+    """Every expert's float32 SwiGLU over the rows routed to it: the reference's MoE experts."""
+
+    w1: F32  # (n_experts * ffn_dim, dim) float32, expert-stacked
+    w3: F32  # (n_experts * ffn_dim, dim)
+    w2: F32  # (n_experts * dim, ffn_dim)
+
+    def __call__(self, x: F32, routing: Routing) -> F32:
+        f, d = self.w2.shape[1], self.w2.shape[0] // routing.n_experts
+        outs = []
+        for e in range(routing.n_experts):
+            xe = x[routing.tokens_of(e)]
+            if len(xe):
+                gate, up = xe @ self.w1[e * f : (e + 1) * f].T, xe @ self.w3[e * f : (e + 1) * f].T
+                outs.append(_swiglu(gate, up) @ self.w2[e * d : (e + 1) * d].T)
+        return np.concatenate(outs) if outs else np.zeros((0, d), dtype=np.float32)
 
 
 class DenseKVAttention:
@@ -323,18 +458,27 @@ class ReferenceModel:
             p, biased = f"layers.{layer}", cfg.attention_bias and name in BIASED_NAMES
             return DenseLinear(t(f"{p}.{name}"), t(f"{p}.{name}.bias") if biased else None)
 
+        def ffn(layer: int) -> Callable[[F32], F32]:
+            if cfg.is_moe:
+                p = f"layers.{layer}"
+                experts = DenseExperts(t(f"{p}.w1"), t(f"{p}.w3"), t(f"{p}.w2"))
+                return MoEFFN[F32](linear(layer, "router"), experts, cfg.n_experts_per_token)
+            return DenseFFN[F32](
+                DenseLinears((linear(layer, "w1"), linear(layer, "w3"))), _swiglu, linear(layer, "w2")
+            )
+
         self.layers = [
             LayerOps[F32](
                 attn_norm=partial(rmsnorm, weight=t(f"layers.{i}.attn_norm"), eps=cfg.norm_eps),
                 ffn_norm=partial(rmsnorm, weight=t(f"layers.{i}.ffn_norm"), eps=cfg.norm_eps),
                 qkv=DenseLinears((linear(i, "wq"), linear(i, "wk"), linear(i, "wv"))),
                 wo=linear(i, "wo"),
-                gate_up=DenseLinears((linear(i, "w1"), linear(i, "w3"))),
-                w2=linear(i, "w2"),
+                ffn=ffn(i),
                 attention=DenseKVAttention(slots, cfg.n_kv_heads, cfg.head_dim),
                 act=_unchanged,
-                swiglu=_swiglu,
-                rope=self.rope.apply,
+                rope_q=self.rope.apply,
+                rope_k=self.rope.apply,
+                add=residual_add,
             )
             for i in range(cfg.n_layers)
         ]

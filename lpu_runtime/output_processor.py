@@ -10,9 +10,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lpu_runtime import perfmodel
+from lpu_runtime.compiler import Plan
+from lpu_runtime.config import ChipSpec, ModelConfig
+from lpu_runtime.hardware import KvLink, gpu_server
 from lpu_runtime.stop import StopMatcher
 from lpu_runtime.tokenizer import IncrementalDetokenizer, Tokenizer
 from lpu_runtime.types import EmulatedTimings, EngineCoreOutput, FinishReason, RequestOutput, SamplingParams
+
+
+@dataclass(frozen=True)
+class Disaggregation:
+    """Prompts prefilled on a GPU server, their KV moved to the LPU chips over `link` (disaggregated.py)."""
+
+    server: str  # the prefill server's name, as x_lpu reports it
+    link: KvLink
+    chip: ChipSpec
+    model: ModelConfig
+
+    def kv_transfer_cycles(self, n_prompt: int) -> int:
+        return perfmodel.kv_transfer_cycles(self.chip, self.link, self.model, n_prompt)
 
 
 @dataclass(frozen=True)
@@ -22,6 +39,15 @@ class EmulatedSystem:
     clock_hz: int
     n_chips: int
     n_stages: int
+    disaggregation: Disaggregation | None = None
+
+    @classmethod
+    def of(cls, plan: Plan) -> EmulatedSystem:
+        split = None
+        if plan.engine.prefill_on is not None:
+            server = gpu_server(plan.engine.prefill_on).name
+            split = Disaggregation(server, KvLink(), plan.system.chip, plan.model)
+        return cls(plan.system.chip.clock_hz, plan.n_chips_used, len(plan.stages), split)
 
 
 class OutputProcessor:
@@ -30,6 +56,8 @@ class OutputProcessor:
         self.stops = StopMatcher(params.stop)
         self.system = system
         self.finished = False
+        self.min_tokens = params.min_tokens
+        self.generated = 0
 
     def process(self, out: EngineCoreOutput) -> RequestOutput:
         """The request's increment for one engine output. After a stop string matched, `finished` is set and
@@ -38,8 +66,13 @@ class OutputProcessor:
             raise ValueError(f"request {out.request_id} already finished")
         text, hit_stop, used = "", False, 0
         for token in out.new_token_ids:
-            piece, hit_stop = self.stops.push(self.detokenizer.push(token))
-            text += piece
+            self.generated += 1
+            piece = self.detokenizer.push(token)
+            if self.generated < self.min_tokens:
+                text += piece  # vLLM's min_tokens: no stop string ends a request before it either
+            else:
+                piece, hit_stop = self.stops.push(piece)
+                text += piece
             used += 1
             if hit_stop:
                 break
@@ -55,6 +88,7 @@ class OutputProcessor:
         return RequestOutput(
             request_id=out.request_id,
             new_token_ids=out.new_token_ids[:used],
+            logprobs=out.logprobs[:used],
             new_text=text,
             prompt_tokens=out.prompt_tokens,
             completion_tokens=out.completion_tokens - dropped,
@@ -62,7 +96,13 @@ class OutputProcessor:
             finish_reason=reason if self.finished else None,
             host=out.host,
             emulated=EmulatedTimings(
-                out.prompt_cycles, out.completion_cycles, s.clock_hz, s.n_chips, s.n_stages
+                out.prompt_cycles,
+                out.completion_cycles,
+                s.clock_hz,
+                s.n_chips,
+                s.n_stages,
+                None if s.disaggregation is None else s.disaggregation.server,
+                0 if s.disaggregation is None else s.disaggregation.kv_transfer_cycles(out.prompt_tokens),
             ),
             error=out.error,
         )

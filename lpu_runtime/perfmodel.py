@@ -3,10 +3,10 @@
 Every op on a chip costs a fixed latency plus the larger of its SRAM traffic and its arithmetic (the chip
 streams operands from SRAM while the matrix units compute, so the slower of the two bounds it):
 
-    cycles(op) = L_op + ceil(f * max(W / (e * B_sram) + A / B_sram,  I / P_int8 + F / P_fp16))
+    cycles(op) = L_op + ceil(f * max(W / (e * B_sram) + A / B_sram,  I / P_weights + F / P_fp16))
 
     W  weight bytes a GEMM streams into the matrix units     A  other bytes read and written (activations, KV)
-    I  int8 ops (a multiply-add is 2)                        F  fp16/fp32 flops
+    I  GEMM ops (a multiply-add is 2), at the int8 or FP8 peak  F  fp16/fp32 flops
     f  clock (Hz)   B_sram  SRAM bandwidth   P_*  peak rates  e  weight-stream efficiency (fitted)
     L_op  latency of one dependent op (fitted)
 
@@ -16,12 +16,14 @@ shard to the w - 1 others over parallel links, ceil((w - 1) / n_links) shards pe
 One decoder layer on the busiest chip (rank 0) of a w-chip tensor-parallel group, for T new tokens in S
 sequences attending over C cached positions each, is the chain the pipeline executes:
 
-    layer = vector(norms, RoPE, SiLU, residuals)
+    layer = each vector op on its own (`layer_vector_ops`: norms, RoPE on q and on k, quantizes, residual adds,
+            the dense FFN's SiLU-gate)
           + gemm(wq) + gemm(wk) + gemm(wv) + attention(S sequences x T/S queries over C positions: one op,
             every sequence's KV read from SRAM) + gather(attention) + gemm(wo) + gather(wo)
           + dense FFN: gemm(w1) + gemm(w3) + gather(w1) + gather(w3) + gemm(w2) + gather(w2)
-          | MoE FFN:   gemm(router) + vector(top-k) + per local expert touched: gemm(w1) + gemm(w3) + gemm(w2)
-                       (+ their gathers when an expert spans several chips) + gather(combine)
+          | MoE FFN:   gemm(router) + vector(top-k) + per local expert its tokens chose (`ExpertLoad`):
+                       gemm(w1) + gemm(w3) + vector(SiLU-gate) + gemm(w2) (+ their gathers when an expert
+                       spans several chips) + gather(combine)
 
 A stage costs its units on the busiest chip; a step costs every stage plus the hop between consecutive
 stages (one hop inside a node, two across nodes). Batching enters through T and S: weights are streamed once
@@ -33,7 +35,9 @@ published figures they are fitted to and the ones that validate them are in docs
 balances stages with these functions, the emulator charges its simulated clock with them and the planner
 predicts with them, so all three agree. All results are integer cycles; nothing here reads wall time.
 
-The GPU comparator (`gpu_step_seconds`) follows the same shape with HBM in place of SRAM.
+The GPU comparator (`gpu_step_seconds`) follows the same shape with HBM in place of SRAM; it also times the
+prefill of disaggregated serving (`gpu_prefill_cycles`), whose KV then crosses to the LPUs
+(`kv_transfer_cycles`).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lpu_runtime.config import ChipSpec, ModelConfig
-from lpu_runtime.hardware import GpuServer, GpuSpec
+from lpu_runtime.hardware import GpuServer, GpuSpec, KvLink
 from lpu_runtime.sharding import expert_shard, head_ranges, partition
 
 FP32_BYTES = 4
@@ -55,14 +59,14 @@ def op_cycles(
     *,
     bytes_moved: float = 0.0,
     weight_bytes: float = 0.0,
-    int8_ops: float = 0.0,
+    matmul_ops: float = 0.0,
     flops: float = 0.0,
 ) -> int:
     memory_s = (
         weight_bytes / (chip.sram_bandwidth_bytes_per_s * chip.weight_stream_efficiency)
         + bytes_moved / chip.sram_bandwidth_bytes_per_s
     )
-    compute_s = int8_ops / chip.int8_ops_per_s + flops / chip.fp16_flops_per_s
+    compute_s = matmul_ops / chip.matmul_ops_per_s + flops / chip.fp16_flops_per_s
     return chip.op_latency_cycles + chip.cycles(max(memory_s, compute_s))
 
 
@@ -72,7 +76,7 @@ def linear_cycles(chip: ChipSpec, n_tokens: int, out_features: int, in_features:
         chip,
         weight_bytes=out_features * in_features + out_features * FP32_BYTES,
         bytes_moved=n_tokens * (in_features + out_features * FP32_BYTES),
-        int8_ops=2.0 * n_tokens * out_features * in_features,
+        matmul_ops=2.0 * n_tokens * out_features * in_features,
     )
 
 
@@ -122,13 +126,24 @@ def head_cycles(chip: ChipSpec, config: ModelConfig, n_seqs: int, width: int) ->
     )
 
 
+def layer_vector_ops(config: ModelConfig, width: int, rank: int = 0) -> tuple[int, ...]:
+    """Elements per token of each vector op one decoder layer runs on chip `rank` of a `width`-chip group, in
+    the order the chip runs them: attention RMSNorm (+ quantize), RoPE on the local q heads, RoPE on the local
+    k heads, quantize the gathered attention output, residual add, FFN RMSNorm (+ quantize), SiLU-gate (+
+    quantize) over the local FFN rows (dense FFN only: a MoE layer gates each expert it runs), residual add.
+    Each is one dependent op on the chip, so each pays the op latency."""
+    (q0, q1), (kv0, kv1) = head_ranges(config, width, rank)
+    d, hd = config.dim, config.head_dim
+    f0, f1 = partition(config.ffn_dim, width)[rank]
+    swiglu = () if config.is_moe else (f1 - f0,)
+    return (d, (q1 - q0) * hd, (kv1 - kv0) * hd, config.q_dim, d, d, *swiglu, d)
+
+
 def layer_vector_cycles(chip: ChipSpec, config: ModelConfig, n_tokens: int, width: int) -> int:
     """The non-GEMM work of one decoder layer on the busiest of `width` tensor-parallel chips."""
-    (q0, q1), (kv0, kv1) = head_ranges(config, width, 0)
-    ffn_rows = partition(config.ffn_dim, width)[0][1]
-    # two RMSNorms and two residual adds over dim; RoPE over the local q and k; SiLU-gate over the FFN shard.
-    elements = n_tokens * (4 * config.dim + (q1 - q0 + kv1 - kv0) * config.head_dim + 2 * ffn_rows)
-    return vector_cycles(chip, elements, VECTOR_FLOPS_PER_ELEMENT)
+    return sum(
+        vector_cycles(chip, n_tokens * n, VECTOR_FLOPS_PER_ELEMENT) for n in layer_vector_ops(config, width)
+    )
 
 
 def attention_block_cycles(
@@ -164,42 +179,70 @@ def dense_ffn_cycles(chip: ChipSpec, config: ModelConfig, n_tokens: int, width: 
 
 @dataclass(frozen=True)
 class ExpertLoad:
-    """What the busiest chip of a MoE layer's group does for one step, assuming balanced routing."""
+    """What one chip of a MoE layer's group computes in one step: the tokens routed to each of its experts
+    that any token chose (an expert no token chose is never read)."""
 
-    tokens: int  # token-expert pairs routed to this chip's experts
-    experts: int  # distinct local experts those pairs touch: each streams its weights once
+    tokens_per_expert: tuple[int, ...]  # one entry per touched local expert, each > 0
+
+    @property
+    def pairs(self) -> int:
+        """Token-expert pairs this chip computes: the rows of its share of the combine."""
+        return sum(self.tokens_per_expert)
 
 
-def expert_load(config: ModelConfig, n_tokens: int, width: int) -> ExpertLoad:
-    e0, e1 = expert_shard(config, width, 0).experts
+def balanced_expert_load(config: ModelConfig, n_tokens: int, width: int, rank: int = 0) -> ExpertLoad:
+    """The planner's routing assumption: the step's n_tokens x top-k pairs spread evenly over the experts, so
+    chip `rank` computes its experts' share of them, each touched expert streaming its weights once."""
+    e0, e1 = expert_shard(config, width, rank).experts
     local = e1 - e0
     pairs = -(-n_tokens * config.n_experts_per_token * local // config.n_experts)
-    return ExpertLoad(tokens=pairs, experts=min(local, pairs))
+    experts = min(local, pairs)
+    per_expert = -(-pairs // experts)
+    return ExpertLoad((per_expert,) * experts)
 
 
-def moe_ffn_cycles(chip: ChipSpec, config: ModelConfig, n_tokens: int, width: int) -> int:
-    """Router, top-k, the experts this chip holds (expert parallel), then the combine gather.
+def router_cycles(chip: ChipSpec, config: ModelConfig, n_tokens: int) -> int:
+    """Router logits (a GEMM every chip of the group runs on the full activations) and the top-k."""
+    return linear_cycles(chip, n_tokens, config.n_experts, config.dim) + vector_cycles(
+        chip, n_tokens * config.n_experts, VECTOR_FLOPS_PER_ELEMENT
+    )
+
+
+def expert_cycles(chip: ChipSpec, config: ModelConfig, n_tokens: int, width: int, rank: int = 0) -> int:
+    """One local expert (or the chip's slice of it) over the n_tokens routed to it: gate and up, their
+    gathers within the expert's chips, SiLU-gate over the chip's rows, down and its gather."""
+    d, f = config.dim, config.ffn_dim
+    shard = expert_shard(config, width, rank)
+    ffn_rows, dim_rows = shard.ffn_rows[1] - shard.ffn_rows[0], shard.dim_rows[1] - shard.dim_rows[0]
+    return (
+        2 * linear_cycles(chip, n_tokens, ffn_rows, d)
+        + 2 * allgather_cycles(chip, n_tokens * ffn_rows * FP32_BYTES, shard.group)
+        + vector_cycles(chip, n_tokens * ffn_rows, VECTOR_FLOPS_PER_ELEMENT)
+        + linear_cycles(chip, n_tokens, dim_rows, f)
+        + allgather_cycles(chip, n_tokens * dim_rows * FP32_BYTES, shard.group)
+    )
+
+
+def moe_ffn_cycles(
+    chip: ChipSpec,
+    config: ModelConfig,
+    n_tokens: int,
+    width: int,
+    load: ExpertLoad | None = None,
+    rank: int = 0,
+) -> int:
+    """Router and top-k, the experts chip `rank` holds that tokens chose (expert parallel), then the combine
+    gather of its token-expert pairs. `load` is what the chip computes (default: balanced routing).
 
     Every chip of the group already holds the full activations after the attention gathers, so dispatch is
     free; the chip holding a token's expert computes it, streaming the whole expert's weights, or, in a group
     wider than n_experts, its slice of them, gathered within the expert's chips like a dense FFN.
     """
-    d, f = config.dim, config.ffn_dim
-    shard = expert_shard(config, width, 0)
-    ffn_rows, dim_rows = shard.ffn_rows[1] - shard.ffn_rows[0], shard.dim_rows[1] - shard.dim_rows[0]
-    load = expert_load(config, n_tokens, width)
-    per_expert = -(-load.tokens // load.experts)
-    experts = load.experts * (
-        2 * linear_cycles(chip, per_expert, ffn_rows, d)
-        + 2 * allgather_cycles(chip, per_expert * ffn_rows * FP32_BYTES, shard.group)
-        + linear_cycles(chip, per_expert, dim_rows, f)
-        + allgather_cycles(chip, per_expert * dim_rows * FP32_BYTES, shard.group)
-    )
+    load = load if load is not None else balanced_expert_load(config, n_tokens, width, rank)
     return (
-        linear_cycles(chip, n_tokens, config.n_experts, d)
-        + vector_cycles(chip, n_tokens * config.n_experts, VECTOR_FLOPS_PER_ELEMENT)
-        + experts
-        + allgather_cycles(chip, load.tokens * d * FP32_BYTES, width)
+        router_cycles(chip, config, n_tokens)
+        + sum(expert_cycles(chip, config, t, width, rank) for t in load.tokens_per_expert)
+        + allgather_cycles(chip, load.pairs * config.dim * FP32_BYTES, width)
     )
 
 
@@ -271,3 +314,20 @@ def gpu_step_seconds(
         + gpu_allreduce_seconds(gpu, n_seqs * config.vocab_size * FP32_BYTES / tp, tp)
     )
     return config.n_layers * layer + head
+
+
+def kv_bytes_per_token(config: ModelConfig) -> int:
+    """The fp16 K and V of one token in every layer: what disaggregated serving moves per prompt token."""
+    return config.n_layers * 2 * config.kv_dim * FP16_BYTES
+
+
+def gpu_prefill_cycles(
+    chip: ChipSpec, server: GpuServer, config: ModelConfig, n_tokens: int, n_ctx: int, n_seqs: int = 1
+) -> int:
+    """A prefill step on a GPU server (prefill-decode disaggregation), counted in the LPU chips' cycles."""
+    return chip.cycles(gpu_step_seconds(server, config, n_tokens, n_ctx, n_seqs))
+
+
+def kv_transfer_cycles(chip: ChipSpec, link: KvLink, config: ModelConfig, n_tokens: int) -> int:
+    """n_tokens of KV cache from the prefill GPUs to the decode LPUs over `link`, in the LPU chips' cycles."""
+    return chip.cycles(link.seconds(n_tokens * kv_bytes_per_token(config)))

@@ -28,7 +28,7 @@ from lpu_runtime.compiler import (
 )
 from lpu_runtime.config import EngineConfig, ModelConfig, SystemSpec
 from lpu_runtime.errors import CompileError, ModelFileError
-from lpu_runtime.hardware import HardwareSpec, OwnershipCost, min_cards_for_bytes, ownership_cost
+from lpu_runtime.hardware import GpuServer, HardwareSpec, OwnershipCost, min_cards_for_bytes, ownership_cost
 from lpu_runtime.loaders.hf import read_hf_config_file
 from lpu_runtime.microbatch import MicroBatcher
 from lpu_runtime.perfmodel import FP16_BYTES
@@ -37,6 +37,7 @@ from lpu_runtime.sram import RegionKind
 # Fraction of HBM for weights and KV; the rest is activations, workspace and the CUDA context.
 GPU_MEMORY_USABLE = 0.9
 DEFAULT_CHUNK = 512  # tokens per step when none is asked for: the engine's default
+DEFAULT_PROMPT = 550  # tokens: published time-to-first-token figures use prompts of about this length
 MIN_CHUNK = 64  # tokens: the automatic chunk is halved down to this to make the layers' activations fit
 
 
@@ -49,7 +50,7 @@ class PlanRequest:
     model: ModelConfig
     context: int  # tokens every sequence may reach
     batch: int = 1  # sequences served at once, each with a full context of KV
-    prompt: int = 550  # tokens of prompt for the time to first token
+    prompt: int = DEFAULT_PROMPT  # tokens of prompt for the time to first token
     chips: int | None = None  # None: the fewest the compiler needs
     max_num_batched_tokens: int | None = None  # tokens per step (the prefill chunk); None: 512, halved to fit
     hardware: HardwareSpec = dataclasses.field(default_factory=HardwareSpec)
@@ -104,10 +105,29 @@ class GpuAnswer:
 
 
 @dataclass(frozen=True)
+class PrefillAnswer:
+    """Prefill-decode disaggregation: prompts prefilled on GPU servers, their KV moved to the LPUs, which
+    decode. The first token comes from the GPUs; the second waits for the KV to reach the LPUs."""
+
+    server: GpuServer
+    servers: int  # prefill servers (each holds the weights)
+    ttft_s: float  # the prompt on the GPUs in the engine's chunks, without network or queueing
+    kv_bytes: int  # the prompt's fp16 KV cache
+    kv_transfer_s: float  # the prompt's KV over the GPU-to-LPU link, before the second token
+    cost: OwnershipCost
+
+
+@dataclass(frozen=True)
 class PlanReport:
     request: PlanRequest
     lpu: LpuAnswer
     gpu: GpuAnswer
+    prefill: PrefillAnswer | None = None  # when prompts are prefilled on GPUs
+
+    @property
+    def system_cost(self) -> OwnershipCost:
+        """What the LPU system costs with its prefill GPUs, if any."""
+        return self.lpu.cost if self.prefill is None else self.lpu.cost.plus(self.prefill.cost)
 
 
 # -- the model ---------------------------------------------------------------------------------------------
@@ -130,13 +150,13 @@ def model_from_hf_config(path: Path) -> ModelConfig:
     """Llama, Mistral, Qwen2 and Mixtral config.json fields -> ModelConfig (MoE fields included)."""
     name = path.parent.name if path.name == "config.json" else path.stem
     try:
-        return read_hf_config_file(path, name or "config.json", planning=True)
+        return read_hf_config_file(path, name or "config.json")
     except ModelFileError as exc:
         raise PlanInputError(str(exc)) from None
 
 
-def int8_weight_bytes(model: ModelConfig) -> int:
-    """Bytes of the whole model as the compiler stores it on one chip: int8 matrices, fp32 scales and norms."""
+def stored_weight_bytes(model: ModelConfig) -> int:
+    """Bytes of the whole model as the compiler stores it: one byte per weight (int8 or fp8), fp32 scales and norms."""
     return sum(
         s.nbytes
         for u in model_units(model)
@@ -194,6 +214,18 @@ def lpu_speed(plan: Plan, batch: int, prompt: int, context: int, chunk: int) -> 
     return Speed(ctx, 1 / token_s, batch / token_s, ttft / clock, micro)
 
 
+def gpu_prefill_cycles(plan: Plan, server: GpuServer, prompt: int, chunk: int) -> int:
+    """The prompt prefilled on `server` in the engine's chunks, one after another, in the LPU's cycles: the
+    time to first token of disaggregated serving, as the emulator's prefill pool charges it."""
+    chip, model = plan.system.chip, plan.model
+    return sum(
+        perfmodel.gpu_prefill_cycles(
+            chip, server, model, min(chunk, prompt - start), min(start + chunk, prompt)
+        )
+        for start in range(0, prompt, chunk)
+    )
+
+
 def gpu_speed(hardware: HardwareSpec, model: ModelConfig, batch: int, prompt: int, context: int) -> Speed:
     server = hardware.gpu_server
     ctx = (prompt + context) // 2
@@ -205,7 +237,9 @@ def gpu_speed(hardware: HardwareSpec, model: ModelConfig, batch: int, prompt: in
 # -- the answer --------------------------------------------------------------------------------------------
 
 
-def plan_lpu(request: PlanRequest) -> LpuAnswer:
+def _needed(request: PlanRequest) -> tuple[int, EngineConfig]:
+    """The fewest chips and the engine (prefill chunk halved from the default until the layers' activations
+    fit, unless one was asked for); CompileError if no chunk makes a unit fit."""
     hw, model = request.hardware, dataclasses.replace(request.model, max_context=request.context)
     kv_tokens = request.batch * request.context
     probe = SystemSpec(1, hw.chip, hw.lpu.chips_per_node)
@@ -215,13 +249,38 @@ def plan_lpu(request: PlanRequest) -> LpuAnswer:
             max_num_seqs=request.batch, max_num_batched_tokens=chunk, max_kv_tokens=kv_tokens
         )
         try:
-            needed = min_chips(model, probe, engine, kv_tokens)
-            break
+            return min_chips(model, probe, engine, kv_tokens), engine
         except CompileError:
             # A unit too large for any split at this chunk may fit with smaller activation buffers.
             if request.max_num_batched_tokens is not None or chunk // 2 < MIN_CHUNK:
                 raise
             chunk //= 2
+
+
+def fits(request: PlanRequest) -> bool:
+    try:
+        needed, _ = _needed(request)
+    except CompileError:
+        return False
+    return request.chips is None or needed <= request.chips
+
+
+def shorter_context_that_fits(request: PlanRequest) -> int | None:
+    """The longest power-of-two context shorter than the request's that fits where it does not (on its
+    chips, or on any number of them); None if none does: then a shorter context is no way out."""
+    context = 1 << (request.context - 1).bit_length() - 1  # the largest power of two below the context
+    while context > request.prompt:
+        if fits(dataclasses.replace(request, context=context)):
+            return context
+        context //= 2
+    return None
+
+
+def plan_lpu(request: PlanRequest) -> LpuAnswer:
+    hw, model = request.hardware, dataclasses.replace(request.model, max_context=request.context)
+    kv_tokens = request.batch * request.context
+    needed, engine = _needed(request)
+    chunk = engine.max_num_batched_tokens
     chips = request.chips or needed
     if chips < needed:
         raise CompileError(
@@ -229,7 +288,7 @@ def plan_lpu(request: PlanRequest) -> LpuAnswer:
             f"{hw.chip.name}; --chips {chips} is too few"
         )
     plan = compile_model(model, SystemSpec(chips, hw.chip, hw.lpu.chips_per_node), engine, kv_tokens)
-    weights = int8_weight_bytes(model)
+    weights = stored_weight_bytes(model)
     speed = lpu_speed(plan, request.batch, request.prompt, request.context, chunk)
     nodes = -(-chips // hw.lpu.chips_per_node)
     lpu = hw.lpu
@@ -270,9 +329,29 @@ def plan_gpu(request: PlanRequest) -> GpuAnswer:
     return GpuAnswer(servers, weights, kv, speed, cost)
 
 
+def plan_prefill(request: PlanRequest, lpu: LpuAnswer, server: GpuServer) -> PrefillAnswer:
+    hw, plan = request.hardware, lpu.plan
+    capacity = server.n_gpus * server.gpu.hbm_bytes * GPU_MEMORY_USABLE
+    servers = max(1, math.ceil(request.model.n_params * server.bytes_per_param / capacity))
+    clock = plan.system.chip.clock_hz
+    kv_bytes = request.prompt * perfmodel.kv_bytes_per_token(request.model)
+    kv_cycles = perfmodel.kv_transfer_cycles(plan.system.chip, hw.kv_link, request.model, request.prompt)
+    cost = ownership_cost(
+        servers, server.price_usd, server.avg_power_w, server.tdp_w, hw.power_price_usd_per_kw_month
+    )
+    ttft = gpu_prefill_cycles(plan, server, request.prompt, lpu.prefill_chunk) / clock
+    return PrefillAnswer(server, servers, ttft, kv_bytes, kv_cycles / clock, cost)
+
+
 def plan_system(request: PlanRequest) -> PlanReport:
     """The planner's whole answer; CompileError when the model cannot be placed as asked."""
-    return PlanReport(request, plan_lpu(request), plan_gpu(request))
+    lpu, server = plan_lpu(request), request.hardware.prefill_server
+    if server is None:
+        return PlanReport(request, lpu, plan_gpu(request))
+    prefill = plan_prefill(request, lpu, server)
+    # The first token comes from the prefill GPUs, so the system's time to first token is theirs.
+    lpu = dataclasses.replace(lpu, speed=dataclasses.replace(lpu.speed, ttft_s=prefill.ttft_s))
+    return PlanReport(request, lpu, plan_gpu(request), prefill)
 
 
 # -- output ------------------------------------------------------------------------------------------------
@@ -316,7 +395,8 @@ def to_dict(report: PlanReport) -> dict[str, Any]:
             "tco_3y_usd": round(c.total_usd(3), 2),
         }
 
-    used = [c.used_bytes / c.capacity_bytes for c in plan.chips]
+    used = sram_fill(plan)
+    prefill = report.prefill
     return {
         "model": {
             "name": r.model.name,
@@ -334,7 +414,8 @@ def to_dict(report: PlanReport) -> dict[str, Any]:
         },
         "lpu": {
             "chip": hw.chip.name,
-            "int8_weight_bytes": lpu.weight_bytes,
+            "weights": hw.chip.weights,
+            "weight_bytes": lpu.weight_bytes,
             "min_chips_weights_only": lpu.min_chips_weights,
             "chips_needed": lpu.chips_needed,
             "prefill_chunk_tokens": lpu.prefill_chunk,
@@ -346,16 +427,13 @@ def to_dict(report: PlanReport) -> dict[str, Any]:
             "chips_per_node": hw.lpu.chips_per_node,
             "nodes_per_rack": hw.lpu.nodes_per_rack,
             "kv_tokens_per_layer": plan.kv_tokens,
+            "kv_capacity_tokens_per_layer": plan.kv_capacity_tokens,
             "stages": len(plan.stages),
             "layout": [
                 {"holds": what, "stages": n, "width": width, "layers_per_stage": layers}
                 for what, n, width, layers in layout_summary(plan)
             ],
-            "sram_fill": {
-                "min": round(min(used), 4),
-                "mean": round(sum(used) / len(used), 4),
-                "max": round(max(used), 4),
-            },
+            "sram_fill": {k: round(v, 4) for k, v in used.items()},
             "speed": speed(lpu.speed),
             "cost": cost(lpu.cost),
         },
@@ -368,21 +446,40 @@ def to_dict(report: PlanReport) -> dict[str, Any]:
             "speed": speed(gpu.speed),
             "cost": cost(gpu.cost),
         },
+        "prefill": None
+        if prefill is None
+        else {
+            "server": prefill.server.name,
+            "precision": prefill.server.precision,
+            "servers": prefill.servers,
+            "ttft_s": round(prefill.ttft_s, 6),
+            "kv_bytes": prefill.kv_bytes,
+            "kv_transfer_s": round(prefill.kv_transfer_s, 6),
+            "cost": cost(prefill.cost),
+        },
+        "system_cost": cost(report.system_cost),
         "lpu_over_gpu": ratios(report),
         "power_price_usd_per_kw_month": hw.power_price_usd_per_kw_month,
     }
 
 
+def sram_fill(plan: Plan) -> dict[str, float]:
+    """The chips' SRAM use as a fraction of their capacity: min, mean and max over the chips in use."""
+    used = [c.used_bytes / c.capacity_bytes for c in plan.chips]
+    return {"min": min(used), "mean": sum(used) / len(used), "max": max(used)}
+
+
 def ratios(report: PlanReport) -> dict[str, float]:
-    lpu, gpu = report.lpu, report.gpu
+    """The LPU system (with its prefill GPUs, if any) over the GPU comparator."""
+    lpu, gpu, cost = report.lpu, report.gpu, report.system_cost
     return {
         "per_user_tokens_per_s": round(lpu.speed.per_user_tokens_per_s / gpu.speed.per_user_tokens_per_s, 3),
         "aggregate_tokens_per_s": round(
             lpu.speed.aggregate_tokens_per_s / gpu.speed.aggregate_tokens_per_s, 3
         ),
-        "purchase_usd": round(lpu.cost.purchase_usd / gpu.cost.purchase_usd, 3),
-        "avg_power_kw": round(lpu.cost.avg_power_kw / gpu.cost.avg_power_kw, 3),
-        "tco_3y_usd": round(lpu.cost.total_usd(3) / gpu.cost.total_usd(3), 3),
+        "purchase_usd": round(cost.purchase_usd / gpu.cost.purchase_usd, 3),
+        "avg_power_kw": round(cost.avg_power_kw / gpu.cost.avg_power_kw, 3),
+        "tco_3y_usd": round(cost.total_usd(3) / gpu.cost.total_usd(3), 3),
     }
 
 
@@ -422,22 +519,33 @@ def render_table(report: PlanReport) -> str:
         f"batch {r.batch}, prompt {r.prompt}",
         "",
         f"{hw.chip.name} system",
-        f"  int8 weights                  {_gb(lpu.weight_bytes)}",
+        f"  {hw.chip.weights + ' weights':<30}{_gb(lpu.weight_bytes)}",
         f"  min chips, weights only       {lpu.min_chips_weights:,}  ({hw.chip.sram_bytes / 1e6:,.1f} MB SRAM each)",
         f"  chips needed (KV + buffers)   {lpu.chips_needed:,}  (KV for {r.batch} x {r.context:,} tokens)",
         f"  system                        {plan.system.n_chips:,} chips = {lpu.nodes} nodes of "
         f"{hw.lpu.chips_per_node} in {lpu.racks} rack(s) of {hw.lpu.nodes_per_rack}; "
         f"{plan.n_chips_used:,} used, {plan.idle_chips:,} idle",
-        f"  pipeline                      {len(plan.stages)} stages; KV {plan.kv_tokens:,} tokens per layer",
+        f"  pipeline                      {len(plan.stages)} stages; KV {plan.kv_tokens:,} tokens per layer "
+        f"reserved, {plan.kv_capacity_tokens:,} fit",
     ]
     for what, n, width, layers in layout_summary(plan):
         per = f", {layers} layer(s) per stage" if layers else ""
         lines.append(f"    {n:>4} x stage of {width:>2} chip(s) holding {what}{per}")
-    s = lpu.speed
+    s, prefill = lpu.speed, report.prefill
+    if prefill is None:
+        first = (
+            f"  time to first token           {s.ttft_s * 1e3:,.1f} ms for {r.prompt} prompt tokens in chunks of "
+            f"{lpu.prefill_chunk} (compute and links, no network)"
+        )
+    else:
+        first = (
+            f"  time to first token           {s.ttft_s * 1e3:,.1f} ms for {r.prompt} prompt tokens in chunks of "
+            f"{lpu.prefill_chunk}, prefilled on the GPUs below (no network)"
+        )
     lines += [
-        f"  decode per user               {s.per_user_tokens_per_s:,.1f} tokens/s (at {s.decode_context:,} tokens of context)",
-        f"  time to first token           {s.ttft_s * 1e3:,.1f} ms for {r.prompt} prompt tokens in chunks of "
-        f"{lpu.prefill_chunk} (compute and links, no network)",
+        f"  decode per user               {s.per_user_tokens_per_s:,.1f} tokens/s (batch {r.batch}, at "
+        f"{s.decode_context:,} tokens of context)",
+        first,
         f"  aggregate                     {s.aggregate_tokens_per_s:,.1f} tokens/s "
         f"({r.batch} user(s) in {s.micro_batches} micro-batch(es) in flight)",
         f"  power                         {lpu.cost.avg_power_kw:,.1f} kW average, {lpu.cost.tdp_kw:,.1f} kW TDP "
@@ -447,9 +555,10 @@ def render_table(report: PlanReport) -> str:
         f"  cost of ownership             1 year {_usd(lpu.cost.total_usd(1))}, 3 years {_usd(lpu.cost.total_usd(3))} "
         f"(power {_usd(lpu.cost.power_usd_per_year)}/year at ${hw.power_price_usd_per_kw_month:,.0f}/kW-month)",
         "",
+        *([] if prefill is None else _prefill_lines(report, prefill)),
         f"{server.n_gpus} x {server.gpu.name} server ({server.precision.upper()}, TP{server.n_gpus})",
         f"  weights + KV                  {_gb(gpu.weight_bytes)} + {_gb(gpu.kv_bytes)} -> {gpu.servers} server(s)",
-        f"  decode per user               {gpu.speed.per_user_tokens_per_s:,.1f} tokens/s",
+        f"  decode per user               {gpu.speed.per_user_tokens_per_s:,.1f} tokens/s (batch {r.batch})",
         f"  time to first token           {gpu.speed.ttft_s * 1e3:,.1f} ms",
         f"  aggregate                     {gpu.speed.aggregate_tokens_per_s:,.1f} tokens/s",
         f"  power                         {gpu.cost.avg_power_kw:,.1f} kW average, {gpu.cost.tdp_kw:,.1f} kW TDP",
@@ -457,6 +566,23 @@ def render_table(report: PlanReport) -> str:
         f"  cost of ownership             1 year {_usd(gpu.cost.total_usd(1))}, 3 years {_usd(gpu.cost.total_usd(3))} "
         f"(power {_usd(gpu.cost.power_usd_per_year)}/year)",
         "",
-        "LPU / GPU: " + ", ".join(f"{RATIO_LABELS[k]} {v:,.2f}x" for k, v in ratios(report).items()),
+        ("LPU + prefill GPUs / GPU: " if prefill else "LPU / GPU: ")
+        + ", ".join(f"{RATIO_LABELS[k]} {v:,.2f}x" for k, v in ratios(report).items()),
     ]
     return "\n".join(lines)
+
+
+def _prefill_lines(report: PlanReport, prefill: PrefillAnswer) -> list[str]:
+    server, total = prefill.server, report.system_cost
+    return [
+        f"Prefill on {server.name} ({server.precision.upper()}, TP{server.n_gpus}), decode on the LPUs",
+        f"  prefill servers               {prefill.servers} (each holds the weights)",
+        f"  time to first token           {prefill.ttft_s * 1e3:,.1f} ms on the GPUs",
+        f"  KV to the LPUs                {_gb(prefill.kv_bytes)} in {prefill.kv_transfer_s * 1e3:,.2f} ms, before the "
+        f"second token (link {report.request.hardware.kv_link.bandwidth_bytes_per_s / 1e9:,.0f} GB/s)",
+        f"  power                         {prefill.cost.avg_power_kw:,.1f} kW average, {prefill.cost.tdp_kw:,.1f} kW TDP",
+        f"  purchase                      {_usd(prefill.cost.purchase_usd)}",
+        f"  LPUs + prefill GPUs           {_usd(total.purchase_usd)} to buy, {total.avg_power_kw:,.1f} kW average, "
+        f"3 years {_usd(total.total_usd(3))}",
+        "",
+    ]

@@ -7,7 +7,7 @@ import colorsys
 from html import escape
 
 from lpu_runtime.compiler import ChipPlan
-from lpu_runtime.plan import PlanReport, ratios
+from lpu_runtime.plan import PlanReport, ratios, sram_fill
 from lpu_runtime.sram import RegionKind
 
 CHIP = 16  # px, one chip's square
@@ -44,7 +44,7 @@ def render_svg(report: PlanReport) -> str:
     cols = min(RACKS_PER_ROW, lpu.racks)
     rows = -(-lpu.racks // cols)
     left, top = 20, 150
-    width = max(left * 2 + cols * (rack_w + 14), 900)
+    width = max(left * 2 + cols * (rack_w + 14), 920)
     height = top + rows * (rack_h + 14) + 190
 
     out = [
@@ -57,12 +57,17 @@ def render_svg(report: PlanReport) -> str:
         f"{plan.n_chips_used:,} chips used, {plan.idle_chips:,} idle; {lpu.nodes} nodes of {per_node} in "
         f"{lpu.racks} rack(s); context {request.context:,}, batch {request.batch}</text>",
         f"<text x='{left}' y='78' font-size='14' fill='#333'>"
-        f"{lpu.speed.per_user_tokens_per_s:,.0f} tokens/s per user, TTFT {lpu.speed.ttft_s * 1e3:,.0f} ms, "
+        f"{lpu.speed.per_user_tokens_per_s:,.0f} tokens/s per user (batch {request.batch}), "
+        f"TTFT {lpu.speed.ttft_s * 1e3:,.0f} ms, "
         f"{lpu.cost.avg_power_kw:,.1f} kW average ({lpu.cost.tdp_kw:,.1f} kW TDP), "
         f"${lpu.cost.purchase_usd / 1e6:,.2f}M to buy, ${lpu.cost.total_usd(3) / 1e6:,.2f}M over 3 years</text>",
     ]
     out += _legend(
-        left, 96, n_stages, plan.stages[0].units[0].kind.value, plan.stages[-1].units[-1].kind.value
+        left,
+        96,
+        n_stages,
+        (plan.stages[0].units[0].kind.value, plan.stages[-1].units[-1].kind.value),
+        sram_fill(plan),
     )
 
     for rack in range(lpu.racks):
@@ -118,8 +123,11 @@ def _chip(
     ]
 
 
-def _legend(x: int, y: int, n_stages: int, first: str, last: str) -> list[str]:
+def _legend(x: int, y: int, n_stages: int, ends: tuple[str, str], fill: dict[str, float]) -> list[str]:
+    """The stage colour scale, and a sample chip filled to this system's mean SRAM use."""
+    first, last = ends
     steps = 60
+    mean = fill["mean"]
     out = [f"<text x='{x}' y='{y + 12}' font-size='12' fill='#333'>pipeline stage</text>"]
     for i in range(steps):
         colour = _colour(i / (steps - 1), 0.5)
@@ -128,10 +136,11 @@ def _legend(x: int, y: int, n_stages: int, first: str, last: str) -> list[str]:
         f"<text x='{x + 100}' y='{y + 28}' font-size='11' fill='#555'>0 ({first})</text>",
         f"<text x='{x + 340}' y='{y + 28}' font-size='11' fill='#555' text-anchor='end'>{n_stages - 1} ({last})</text>",
         f"<rect x='{x + 380}' y='{y}' width='{CHIP}' height='{CHIP}' fill='#4a7bd0' fill-opacity='0.28' stroke='#4a7bd0'/>",
-        f"<rect x='{x + 380}' y='{y + CHIP * 0.35:.1f}' width='{CHIP}' height='{CHIP * 0.65:.1f}' fill='#4a7bd0'/>",
-        f"<text x='{x + 402}' y='{y + 12}' font-size='12' fill='#333'>a chip, filled to its SRAM use (65% here)</text>",
-        f"<rect x='{x + 680}' y='{y}' width='{CHIP}' height='{CHIP}' fill='#d5d7dc'/>",
-        f"<text x='{x + 702}' y='{y + 12}' font-size='12' fill='#333'>idle chip</text>",
+        f"<rect x='{x + 380}' y='{y + CHIP * (1 - mean):.1f}' width='{CHIP}' height='{CHIP * mean:.1f}' fill='#4a7bd0'/>",
+        f"<text x='{x + 402}' y='{y + 12}' font-size='12' fill='#333'>a chip, filled to its SRAM use (here "
+        f"{fill['min']:.0%} to {fill['max']:.0%}, mean {mean:.0%})</text>",
+        f"<rect x='{x + 800}' y='{y}' width='{CHIP}' height='{CHIP}' fill='#d5d7dc'/>",
+        f"<text x='{x + 822}' y='{y + 12}' font-size='12' fill='#333'>idle chip</text>",
     ]
     return out
 

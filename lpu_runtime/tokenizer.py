@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import ClassVar, Protocol
+
+Span = tuple[int, int]  # [start, end) character offsets into a text
 
 
 class Tokenizer(Protocol):
@@ -42,8 +44,14 @@ class Tokenizer(Protocol):
         """Whether the model's prompts start with BOS (HF add_bos_token, GGUF tokenizer.ggml.add_bos_token)."""
         ...
 
-    def encode(self, text: str, *, add_bos: bool) -> list[int]:
-        """Special-token strings inside `text` become their ids, as HF added tokens do."""
+    @property
+    def special_tokens(self) -> Mapping[str, int]:
+        """The special-token strings text may spell, and their ids."""
+        ...
+
+    def encode(self, text: str, *, add_bos: bool, plain_spans: Sequence[Span] = ()) -> list[int]:
+        """Special-token strings inside `text` become their ids, as HF added tokens do, except inside
+        `plain_spans`, where they are ordinary text (what a user typed into a message)."""
         ...
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -61,10 +69,9 @@ class ByteTokenizer:
     BOS_ID = 256
     EOS_ID = 257
     PAD_ID = 258
-    _SPECIALS: ClassVar[Mapping[str, int]] = {"<s>": BOS_ID, "</s>": EOS_ID}
-    # The capturing group makes re.split keep the special strings it splits on. <pad> is deliberately not
-    # here: it is an internal filler, and text that spells it is ordinary bytes.
-    _SPECIAL_RE = re.compile("(<s>|</s>)")
+    # <pad> is deliberately not special: it is an internal filler, and text that spells it is ordinary bytes.
+    special_tokens: ClassVar[Mapping[str, int]] = {"<s>": BOS_ID, "</s>": EOS_ID}
+    _SPECIAL_RE = re.compile("<s>|</s>")
 
     vocab_size = 259
     bos_id = BOS_ID
@@ -73,10 +80,9 @@ class ByteTokenizer:
     eos_token = "</s>"
     adds_bos = True
 
-    def encode(self, text: str, *, add_bos: bool) -> list[int]:
+    def encode(self, text: str, *, add_bos: bool, plain_spans: Sequence[Span] = ()) -> list[int]:
         ids = [self.BOS_ID] if add_bos else []
-        for piece in self._SPECIAL_RE.split(text):
-            special = self._SPECIALS.get(piece)
+        for piece, special in split_specials(text, self._SPECIAL_RE, self.special_tokens, plain_spans):
             if special is not None:
                 ids.append(special)
             else:
@@ -92,10 +98,27 @@ class ByteTokenizer:
         return bytes((token_id,)) if token_id < 256 else b""
 
 
-def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
+def split_specials(
+    text: str, pattern: re.Pattern[str] | None, specials: Mapping[str, int], plain_spans: Sequence[Span] = ()
+) -> Iterator[tuple[str, int | None]]:
+    """`text` as runs of ordinary text (id None) and special tokens; `pattern` matches the special strings
+    (longest first). A match that overlaps a plain span stays part of the ordinary text around it."""
+    start = 0  # where the current run of ordinary text began
+    for match in pattern.finditer(text) if pattern is not None else ():
+        if any(a < match.end() and match.start() < b for a, b in plain_spans):
+            continue
+        if match.start() > start:
+            yield text[start : match.start()], None
+        yield match.group(), specials[match.group()]
+        start = match.end()
+    if start < len(text):
+        yield text[start:], None
+
+
+def encode_prompt(tokenizer: Tokenizer, text: str, plain_spans: Sequence[Span] = ()) -> list[int]:
     """`text` as a prompt: with the BOS the model expects, exactly once, whether or not the text (a rendered
-    chat template, say) already spells it."""
-    ids = tokenizer.encode(text, add_bos=False)
+    chat template, say) already spells it. `plain_spans`: see Tokenizer.encode."""
+    ids = tokenizer.encode(text, add_bos=False, plain_spans=plain_spans)
     bos = tokenizer.bos_id
     if tokenizer.adds_bos and bos is not None and ids[:1] != [bos]:
         ids.insert(0, bos)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Literal
+
+MAX_TOP_LOGPROBS = 20  # the OpenAI API's limit
 
 
 class FinishReason(StrEnum):
@@ -11,6 +14,17 @@ class FinishReason(StrEnum):
     LENGTH = "length"  # max_tokens or the context limit
     ABORT = "abort"  # the client went away or the request was cancelled
     ERROR = "error"  # the engine failed while running it
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """A constraint on the generated text, as plain data (it travels to the engine process, which compiles it
+    once per distinct spec: grammar.py). `source` is a JSON Schema as JSON text, or a Lark grammar in
+    llguidance's dialect (JSON Schemas inline with `%json`)."""
+
+    kind: Literal["json_schema", "lark"]
+    source: str
+    lenient: bool = False  # json_schema: ignore keywords the compiler does not implement instead of refusing
 
 
 @dataclass(frozen=True)
@@ -27,6 +41,13 @@ class SamplingParams:
     ignore_eos: bool = False
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    # vLLM's / HF's: the logits of tokens in the prompt or the output divided (> 0) or multiplied (< 0) by it
+    repetition_penalty: float = 1.0
+    # EOS and stop_token_ids are refused, and stop strings ignored, before this many tokens
+    min_tokens: int = 0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    logprobs: int | None = None  # None: none; k: the sampled token's logprob and the k most likely tokens'
+    grammar: GrammarSpec | None = None  # constrained decoding: only tokens the grammar allows are sampled
 
     def __post_init__(self) -> None:
         from lpu_runtime.errors import InvalidRequestError
@@ -47,6 +68,23 @@ class SamplingParams:
             raise InvalidRequestError("stop", f"at most 4 stop sequences are allowed, got {len(self.stop)}")
         if any(s == "" for s in self.stop):
             raise InvalidRequestError("stop", "stop sequences must not be empty")
+        if self.repetition_penalty <= 0.0:
+            raise InvalidRequestError(
+                "repetition_penalty", f"repetition_penalty must be positive, got {self.repetition_penalty}"
+            )
+        if self.min_tokens < 0 or (self.max_tokens is not None and self.min_tokens > self.max_tokens):
+            raise InvalidRequestError(
+                "min_tokens", f"min_tokens must be in [0, max_tokens], got {self.min_tokens}"
+            )
+        for _, bias in self.logit_bias:
+            if not -100.0 <= bias <= 100.0:
+                raise InvalidRequestError(
+                    "logit_bias", f"logit_bias values must be in [-100, 100], got {bias}"
+                )
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidRequestError(
+                "top_logprobs", f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs}"
+            )
 
     @property
     def greedy(self) -> bool:
@@ -85,14 +123,32 @@ class EmulatedTimings:
     clock_hz: int = 1
     n_chips: int = 1
     n_stages: int = 1
+    # Prefill-decode disaggregation: the GPU server the prompt ran on (None: the LPU chips), and the cycles
+    # its KV took to reach the LPUs, part of the completion time (it delays the second token).
+    prefill_on: str | None = None
+    kv_transfer_cycles: int = 0
 
     @property
     def prompt_time(self) -> float:
         return self.prompt_cycles / self.clock_hz  # seconds
 
     @property
+    def kv_transfer_time(self) -> float:
+        return self.kv_transfer_cycles / self.clock_hz  # seconds
+
+    @property
     def completion_time(self) -> float:
         return self.completion_cycles / self.clock_hz  # seconds
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A sampled token's log probability under the distribution it was drawn from, and the `top` most likely
+    tokens of that distribution (most likely first; only tokens it could draw)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,6 +166,7 @@ class EngineCoreOutput:
     prompt_cycles: int = 0  # emulated: arrival -> first token left the pipeline
     completion_cycles: int = 0  # emulated: first token -> latest token
     error: str | None = None  # set with FinishReason.ERROR
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per new token, when the request asked for logprobs
 
 
 @dataclass(frozen=True)
@@ -126,6 +183,7 @@ class RequestOutput:
     host: HostTimings = field(default_factory=HostTimings)
     emulated: EmulatedTimings = field(default_factory=EmulatedTimings)
     error: str | None = None  # set with FinishReason.ERROR
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per new token, when the request asked for logprobs
 
     @property
     def emulated_tokens_per_second(self) -> float:
@@ -166,6 +224,7 @@ class EngineStats:
     stage_busy_cycles: tuple[int, ...] = ()
     link_cycles: int = 0  # cycles spent on hops between stages, summed over steps
     micro_batches: int = 0  # micro-batches that went through the pipeline
+    unavailable: str | None = None  # why a pipeline stage is down (a dead Ray actor) until it is back
 
 
 @dataclass(frozen=True)

@@ -18,23 +18,26 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Generic, ParamSpec, Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from lpu_runtime import perfmodel
 from lpu_runtime.backend import KernelBackend, QuantizedActs, default_backend
-from lpu_runtime.chip import Chip, gather_costs, linear_costs
+from lpu_runtime.chip import Chip, gather_costs, linear_costs, vector_costs
 from lpu_runtime.compiler import Plan, UnitKind
 from lpu_runtime.kernels import RopeTables
 from lpu_runtime.link import deliver
-from lpu_runtime.model import Checkpoint, LayerOps, TokenBatch, decoder_layer
+from lpu_runtime.model import Checkpoint, DenseFFN, LayerOps, MoEFFN, TokenBatch, decoder_layer, residual_add
 from lpu_runtime.perfmodel import FP32_BYTES
 from lpu_runtime.quant import quantize_weight
+from lpu_runtime.sharded_moe import ShardedExperts, ShardedRouter
 from lpu_runtime.sram import RegionKind
 
 F32 = NDArray[np.float32]
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class WeightSource(Protocol):
@@ -121,26 +124,43 @@ class _One:
 
 
 class ShardedAttention:
-    """Attention split by KV-head groups: each chip attends over the heads whose KV it holds."""
+    """Attention split by heads: each chip attends its query heads over the KV heads it holds, whole KV-head
+    groups up to n_kv_heads chips, beyond that a share of one group's query heads over a copy of its KV head."""
 
-    def __init__(self, chips: list[Chip], layer: int, group: int) -> None:
-        self.chips, self.layer, self.group = chips, layer, group
+    def __init__(self, chips: list[Chip], layer: int, head_dim: int) -> None:
+        self.chips, self.layer = chips, layer
         self.kv_ranges = [chip.shards[f"layers.{layer}.k_cache"].rows for chip in chips]
+        self.q_ranges = [
+            tuple(r // head_dim for r in chip.shards[f"layers.{layer}.wq"].rows) for chip in chips
+        ]
 
     def __call__(self, q: F32, k: F32, v: F32, batch: TokenBatch) -> F32:
         out = np.empty_like(q)  # (n_tokens, n_heads, head_dim)
-        g = self.group
-        for chip, (a, b) in zip(self.chips, self.kv_ranges, strict=True):
-            heads = slice(a * g, b * g)
-            chip.attention(self.layer, q[:, heads], k[:, a:b], v[:, a:b], batch, out[:, heads], (b - a) * g)
+        for chip, (a, b), (q0, q1) in zip(self.chips, self.kv_ranges, self.q_ranges, strict=True):
+            heads = slice(q0, q1)
+            chip.attention(self.layer, q[:, heads], k[:, a:b], v[:, a:b], batch, out[:, heads], q1 - q0)
         if len(self.chips) > 1:
             lead = self.chips[0]
-            a, b = self.kv_ranges[0]
-            row_bytes = (b - a) * g * q.shape[2] * FP32_BYTES
+            q0, q1 = self.q_ranges[0]
+            row_bytes = (q1 - q0) * q.shape[2] * FP32_BYTES
             costs = gather_costs(lead.spec, lead.micro_tokens, row_bytes, len(self.chips))
             for chip in self.chips:
                 chip.charge(costs)
         return out
+
+
+class ChargedVector(Generic[P, R]):
+    """A vector op (a norm, RoPE, a quantize, a residual add) the host computes once for the stage, each chip
+    charged the op over its own elements per token."""
+
+    def __init__(self, fn: Callable[P, R], chips: list[Chip], elements: Sequence[int]) -> None:
+        self.fn, self.chips, self.elements = fn, chips, elements  # elements per token, one per chip
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        tokens = self.chips[0].micro_tokens
+        for chip, n in zip(self.chips, self.elements, strict=True):
+            chip.charge(vector_costs(chip.spec, tokens, n))
+        return self.fn(*args, **kwargs)
 
 
 class StageWorker:
@@ -161,7 +181,6 @@ class StageWorker:
         self.load(weights.open(), on_tensor)
         self.rope = RopeTables.for_model(self.config)
         self.layers = {layer: self._layer_ops(layer) for layer in self.stage.layers}
-        self._vector_costs: dict[tuple[int, ...], list[int]] = {}
         has_head = any(u.kind is UnitKind.HEAD for u in self.stage.units)
         self.lm_head = _One(ShardedLinear(self.chips, ("output",), per_sequence=True)) if has_head else None
 
@@ -202,20 +221,41 @@ class StageWorker:
                 on_tensor(TensorLoaded(name, part.nbytes, filled))
 
     def _layer_ops(self, layer: int) -> LayerOps[QuantizedActs]:
-        p, chips, be = f"layers.{layer}", self.chips, self.backend
-        lead, eps = chips[0], self.config.norm_eps
-        group = self.config.n_heads // self.config.n_kv_heads
+        p, chips, be, cfg = f"layers.{layer}", self.chips, self.backend, self.config
+        lead, eps = chips[0], cfg.norm_eps
+        # Elements per token of each vector op on each chip, in the order the layer runs them.
+        norm1, rope_q, rope_k, act, add, norm2, *swiglu, _ = zip(
+            *(perfmodel.layer_vector_ops(cfg, len(chips), rank) for rank in range(len(chips))), strict=True
+        )
+
+        def charged(fn: Callable[P, R], elements: Sequence[int]) -> ChargedVector[P, R]:
+            return ChargedVector(fn, chips, elements)
+
+        ffn: Callable[[QuantizedActs], F32]
+        if cfg.is_moe:
+            experts = ShardedExperts(chips, layer, cfg, be)
+            ffn = MoEFFN[QuantizedActs](ShardedRouter(chips, f"{p}.router"), experts, cfg.n_experts_per_token)
+        else:
+            gate_up = ShardedLinear(chips, (f"{p}.w1", f"{p}.w3"))
+            ffn = DenseFFN[QuantizedActs](
+                gate_up, charged(be.silu_mul_quantize, swiglu[0]), _One(ShardedLinear(chips, (f"{p}.w2",)))
+            )
+        rope = partial(be.rope, tables=self.rope)
         return LayerOps[QuantizedActs](
-            attn_norm=partial(be.rmsnorm_quantize, weight=lead.tensor(f"{p}.attn_norm"), eps=eps),
-            ffn_norm=partial(be.rmsnorm_quantize, weight=lead.tensor(f"{p}.ffn_norm"), eps=eps),
+            attn_norm=charged(
+                partial(be.rmsnorm_quantize, weight=lead.tensor(f"{p}.attn_norm"), eps=eps), norm1
+            ),
+            ffn_norm=charged(
+                partial(be.rmsnorm_quantize, weight=lead.tensor(f"{p}.ffn_norm"), eps=eps), norm2
+            ),
             qkv=ShardedLinear(chips, (f"{p}.wq", f"{p}.wk", f"{p}.wv"), gather=False),
             wo=_One(ShardedLinear(chips, (f"{p}.wo",))),
-            gate_up=ShardedLinear(chips, (f"{p}.w1", f"{p}.w3")),
-            w2=_One(ShardedLinear(chips, (f"{p}.w2",))),
-            attention=ShardedAttention(chips, layer, group),
-            act=be.quantize,
-            swiglu=be.silu_mul_quantize,
-            rope=partial(be.rope, tables=self.rope),
+            ffn=ffn,
+            attention=ShardedAttention(chips, layer, cfg.head_dim),
+            act=charged(be.quantize, act),
+            rope_q=charged(rope, rope_q),
+            rope_k=charged(rope, rope_k),
+            add=charged(residual_add, add),  # both residual adds: dim elements each
         )
 
     def charge_all(self, cycles: Sequence[int]) -> None:
@@ -235,7 +275,6 @@ class StageWorker:
                 x = self._embed(batch)
             elif unit.kind is UnitKind.LAYER:
                 assert x is not None, "a decoder layer needs the previous stage's activations"
-                self.charge_all(self._layer_vector_costs(batch.micro_tokens))
                 x = decoder_layer(x, self.layers[unit.layer], cfg, batch)
             else:
                 assert x is not None and self.lm_head is not None, "the LM head needs activations"
@@ -252,15 +291,6 @@ class StageWorker:
         assert x is not None
         cycles = tuple(max(c) for c in zip(*(chip.step_cycles for chip in self.chips), strict=True))
         return StageOutput(x, cycles)
-
-    def _layer_vector_costs(self, tokens: tuple[int, ...]) -> list[int]:
-        """Norms, RoPE, SiLU and residual adds of one layer, per micro-batch (the same for every layer)."""
-        costs = self._vector_costs.get(tokens)
-        if costs is None:
-            spec, width = self.plan.system.chip, self.stage.width
-            costs = [perfmodel.layer_vector_cycles(spec, self.config, n, width) for n in tokens]
-            self._vector_costs[tokens] = costs
-        return costs
 
     def _embed(self, batch: TokenBatch) -> F32:
         x = np.empty((batch.n_tokens, self.config.dim), dtype=np.float32)  # (n_tokens, dim)

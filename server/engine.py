@@ -6,7 +6,7 @@ against any engine that keeps this contract.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from lpu_runtime import AsyncEngine, EngineStats, GenerationRequest, ModelInfo, RequestOutput
@@ -27,6 +27,11 @@ class EngineClient(Protocol):
 
     def encode_text(self, prompt: str) -> list[int]: ...
 
+    @property
+    def chat_template_text(self) -> str | None: ...
+
+    def token_bytes(self, token_id: int) -> bytes: ...
+
     def check_fits(self, n_prompt: int, max_tokens: int | None) -> None: ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[RequestOutput]: ...
@@ -37,9 +42,15 @@ class EngineClient(Protocol):
 
     def is_healthy(self) -> bool: ...
 
+    def abort_all(self) -> None: ...
 
-def build_engine(settings: Settings) -> EngineClient:
-    """Slow (weights, compilation, SRAM placement) and synchronous: call it from a worker thread."""
+    @property
+    def restarts(self) -> int: ...
+
+
+def build_engine(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> EngineClient:
+    """Slow (weights, compilation, SRAM placement) and synchronous: call it from a worker thread.
+    on_fatal: told why when the engine dies and will not be restarted."""
     engine: EngineClient = AsyncEngine.create(
         model=settings.model,
         system=settings.system_spec(),
@@ -48,5 +59,10 @@ def build_engine(settings: Settings) -> EngineClient:
         chat_template=settings.chat_template,
         max_context=settings.max_model_len,
         in_process=settings.engine_in_process,
+        distributed=settings.distributed_executor,
+        ray_address=settings.ray_address,
+        max_restarts=settings.engine_max_restarts,
+        on_fatal=on_fatal,
+        allow_special_in_content=settings.allow_special_tokens_in_content,
     )
     return engine

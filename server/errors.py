@@ -5,6 +5,7 @@ shape, so the official SDKs raise their usual exception classes (BadRequestError
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,13 +14,36 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lpu_runtime import ChatTemplateError, ContextLengthExceededError, EngineDeadError, InvalidRequestError
+from lpu_runtime import (
+    ChatTemplateError,
+    ContextLengthExceededError,
+    EngineDeadError,
+    InvalidRequestError,
+    TemplateRaisedError,
+)
 from server.protocol import ErrorBody, ErrorDetail
 
 logger = logging.getLogger(__name__)
 
 INVALID_REQUEST = "invalid_request_error"
 SERVER_ERROR = "server_error"
+RATE_LIMIT = "rate_limit_exceeded"
+# What a 503 asks a client to wait: an engine restart or a server replacing this one takes seconds.
+UNAVAILABLE_RETRY_AFTER_S = 5
+
+
+def retry_after_headers(seconds: float) -> dict[str, str]:
+    """`Retry-After` in whole seconds (RFC 9110) and `retry-after-ms`, which the OpenAI SDKs read first."""
+    return {
+        "Retry-After": str(max(1, math.ceil(seconds))),
+        "retry-after-ms": str(max(1, round(seconds * 1000))),
+    }
+
+
+def unavailable(message: str, code: str) -> ApiError:
+    return ApiError(
+        503, message, type=SERVER_ERROR, code=code, headers=retry_after_headers(UNAVAILABLE_RETRY_AFTER_S)
+    )
 
 
 class ApiError(Exception):
@@ -33,10 +57,12 @@ class ApiError(Exception):
         type: str = INVALID_REQUEST,
         param: str | None = None,
         code: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.detail = ErrorDetail(message=message, type=type, param=param, code=code)
+        self.headers = dict(headers or {})
 
 
 def error_body(
@@ -130,7 +156,7 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_la
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status_code, exc.detail)
+    return error_response(exc.status_code, exc.detail, exc.headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -147,19 +173,25 @@ async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _chat_template(request: Request, exc: Exception) -> JSONResponse:
+    # The template's own raise_exception() and our refusals ("the model has no chat template") speak to the
+    # client; an exception the rendering tripped over (the cause) is Jinja's internals, kept in the log.
+    if isinstance(exc, TemplateRaisedError) or exc.__cause__ is None:
+        message = str(exc)
+    else:
+        logger.warning("chat template failed on %s %s: %s", request.method, request.url.path, exc)
+        message = "The model's chat template could not render these messages."
     return error_response(
-        400, ErrorDetail(message=str(exc), type=INVALID_REQUEST, param="messages", code="chat_template_error")
+        400, ErrorDetail(message=message, type=INVALID_REQUEST, param="messages", code="chat_template_error")
     )
 
 
 async def _engine_dead(request: Request, exc: Exception) -> JSONResponse:
-    logger.error("refusing %s %s: %s", request.method, request.url.path, exc)
-    return error_response(
-        503,
-        ErrorDetail(
-            message="The inference engine has stopped; restart the server.",
-            type=SERVER_ERROR,
-            code="engine_dead",
+    logger.warning("refusing %s %s: %s", request.method, request.url.path, exc)
+    return await _api_error(
+        request,
+        unavailable(
+            "The inference engine is unavailable (restarting or shutting down); retry shortly.",
+            "engine_unavailable",
         ),
     )
 

@@ -19,6 +19,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from lpu_runtime import EngineStats, FinishReason, ModelInfo, RequestOutput
+from server.admission import REJECT_REASONS, AdmissionQueue
 
 ANONYMOUS = "anonymous"
 OTHER = "other"
@@ -84,6 +85,7 @@ class EngineSnapshot:
     stats: EngineStats
     model: ModelInfo
     served_model: str
+    restarts: int = 0
 
 
 class EngineCollector(Collector):
@@ -119,6 +121,9 @@ class EngineCollector(Collector):
             "Cycles of the emulated LPU clock since start (the latest micro-batch to leave the pipeline)",
         )
         steps = CounterMetricFamily("lpu_engine_steps", "Engine steps since start")
+        restarts = CounterMetricFamily(
+            "lpu_engine_restarts", "Times the engine's step loop died and was started again in place"
+        )
         micro = CounterMetricFamily(
             "lpu_pipeline_micro_batches", "Micro-batches that went through the emulated pipeline since start"
         )
@@ -166,6 +171,7 @@ class EngineCollector(Collector):
             clock.add_metric([], stats.clock_hz)
             cycles.add_metric([], stats.emulated_cycles)
             steps.add_metric([], stats.steps)
+            restarts.add_metric([], snap.restarts)
             micro.add_metric([], stats.micro_batches)
             for stage, stage_cycles in enumerate(stats.stage_busy_cycles):
                 stage_busy.add_metric([str(stage)], stage_cycles)
@@ -180,7 +186,7 @@ class EngineCollector(Collector):
                 kv_chip.add_metric(labels, chip.kv_used_bytes)
                 busy.add_metric(labels, chip.busy_cycles)
         yield from (info, running, waiting, kv_used, kv_capacity, kv_usage, clock, cycles, steps)
-        yield from (micro, stage_busy, link, sram_used, sram_capacity, kv_chip, busy)
+        yield from (micro, stage_busy, link, sram_used, sram_capacity, kv_chip, busy, restarts)
 
 
 def _histogram(
@@ -210,6 +216,26 @@ class ServerMetrics:
         )  # fmt: skip
         for reason in FinishReason:
             self.requests_finished.labels(reason.value)  # export zeros so rate() works from the first request
+        self.requests_rejected = Counter(
+            "lpu_requests_rejected",
+            "Requests refused with 429 before reaching the engine, by reason: queue_requests, queue_tokens "
+            "(admission bounds), key_concurrency, key_tokens (per-key limits)",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        for rejection in REJECT_REASONS:
+            self.requests_rejected.labels(rejection)
+        self.admission_waiting = Gauge(
+            "lpu_admission_waiting_requests", "Admitted requests that have not started streaming", registry=r
+        )
+        self.admission_waiting_tokens = Gauge(
+            "lpu_admission_waiting_prompt_tokens", "Prompt tokens of the admitted requests not yet streaming",
+            registry=r,
+        )  # fmt: skip
+        self.admission_drain_rate = Gauge(
+            "lpu_admission_drain_requests_per_second",
+            "Requests that started streaming per second, over the last 30 s (what Retry-After is computed from)",
+            registry=r,
+        )  # fmt: skip
         self.prompt_tokens = Counter("lpu_prompt_tokens", "Prompt tokens processed", registry=r)
         self.generation_tokens = Counter("lpu_generation_tokens", "Tokens generated", registry=r)
         self.user_tokens = Counter(
@@ -269,6 +295,12 @@ class ServerMetrics:
             EVENT_LOOP_LAG_BUCKETS_SECONDS,
         )  # fmt: skip
         r.register(EngineCollector(snapshot, version))
+
+    def watch_admission(self, queue: AdmissionQueue) -> None:
+        """The admission gauges read the queue at scrape time."""
+        self.admission_waiting.set_function(lambda: queue.waiting)
+        self.admission_waiting_tokens.set_function(lambda: queue.waiting_tokens)
+        self.admission_drain_rate.set_function(lambda: queue.drain.per_second()[0])
 
     def track(self, user: str | None) -> RequestTracker:
         """Start following a request just submitted to the engine."""

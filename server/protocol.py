@@ -11,11 +11,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lpu_runtime import InvalidRequestError, SamplingParams
+from lpu_runtime import MAX_TOP_LOGPROBS, GrammarSpec, InvalidRequestError, SamplingParams
 
 # OpenAI documents `seed` as a 64-bit signed integer; the runtime's generators want a non-negative one.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 UINT64 = 2**64
+MAX_N = 128  # the OpenAI API's limit on choices
+MAX_COMPLETION_LOGPROBS = 5  # the legacy completions API's limit
 
 
 class _Request(BaseModel):
@@ -33,13 +35,64 @@ class ContentPart(BaseModel):
     text: str | None = None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCallRequest(BaseModel):
+    """A call an earlier assistant turn made, as the client sends it back."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
-    name: str | None = None
-    tool_calls: Any = None  # unsupported
-    function_call: Any = None  # unsupported
+    name: str | None = None  # honoured on tool messages (the function's name); refused elsewhere
+    tool_calls: list[ToolCallRequest] | None = None  # assistant messages
+    tool_call_id: str | None = None  # tool messages
+    function_call: Any = None  # the deprecated function-calling API: refused
+
+
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # the OpenAI API's rule for a tool's name
+
+
+class FunctionDefinition(BaseModel):
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    name: str
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class StreamOptions(BaseModel):
@@ -62,25 +115,45 @@ class _SamplingFields(_Request):
     user: str | None = None
     top_k: int | None = None  # extension (vLLM, llama.cpp)
     ignore_eos: bool | None = None  # extension (vLLM)
-    # Known to the OpenAI API, not served here: typed loosely so any value reaches the "not supported" check.
-    n: Any = None
-    logit_bias: Any = None
+    min_tokens: int | None = None  # extension (vLLM)
+    repetition_penalty: float | None = None  # extension (vLLM)
+    n: int | None = Field(default=None, ge=1, le=MAX_N)
+    logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
-    def _check_common_unsupported(self) -> None:
-        if self.n is not None and self.n != 1:
-            raise InvalidRequestError(
-                "n", f"n={self.n!r} is not supported: this server returns one choice (n=1)"
-            )
-        if self.logit_bias:
-            raise InvalidRequestError("logit_bias", "logit_bias is not supported")
+    @property
+    def n_choices(self) -> int:
+        return self.n or 1
 
-    def _sampling_params(self, max_tokens: int | None) -> SamplingParams:
+    def _check_common(self) -> None:
+        if self.stream_options is not None and not self.stream:
+            raise InvalidRequestError(
+                "stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+            )
+
+    def _logit_bias(self) -> tuple[tuple[int, float], ...]:
+        bias = []
+        for key, value in (self.logit_bias or {}).items():
+            try:
+                token = int(key)
+            except ValueError:
+                raise InvalidRequestError(
+                    "logit_bias", f"logit_bias keys must be token ids, got {key!r}"
+                ) from None
+            bias.append((token, value))
+        return tuple(bias)
+
+    def _sampling_params(
+        self, max_tokens: int | None, logprobs: int | None = None, grammar: GrammarSpec | None = None
+    ) -> SamplingParams:
         defaults = SamplingParams()
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        if grammar is not None and self.ignore_eos:
+            # a finished grammar ends its request with EOS; ignoring it would pad the output with EOS tokens
+            raise InvalidRequestError("ignore_eos", "ignore_eos cannot be combined with constrained output")
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=defaults.temperature if self.temperature is None else self.temperature,
@@ -91,6 +164,13 @@ class _SamplingFields(_Request):
             ignore_eos=bool(self.ignore_eos),
             presence_penalty=self.presence_penalty or 0.0,
             frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=defaults.repetition_penalty
+            if self.repetition_penalty is None
+            else self.repetition_penalty,
+            min_tokens=self.min_tokens or 0,
+            logit_bias=self._logit_bias(),
+            logprobs=logprobs,
+            grammar=grammar,
         )
 
 
@@ -103,46 +183,71 @@ class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None
     max_tokens: int | None = None  # deprecated by OpenAI in favour of max_completion_tokens; both work
-    logprobs: Any = None
-    top_logprobs: Any = None
-    tools: Any = None
-    tool_choice: Any = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    # Known to the OpenAI API, not served here: typed loosely so any value reaches the "not supported" check.
     functions: Any = None
     function_call: Any = None
-    parallel_tool_calls: Any = None
-    response_format: Any = None
     audio: Any = None
     modalities: Any = None
 
     def check_supported(self) -> None:
-        self._check_common_unsupported()
-        _reject_if(bool(self.logprobs), "logprobs")
-        _reject_if(bool(self.top_logprobs), "top_logprobs")
-        _reject_if(bool(self.tools), "tools", "tool calling (tools)")
-        _reject_if(self.tool_choice not in (None, "none"), "tool_choice")
-        _reject_if(bool(self.functions), "functions", "function calling (functions)")
-        _reject_if(self.function_call not in (None, "none"), "function_call")
-        _reject_if(self.parallel_tool_calls is not None, "parallel_tool_calls")
+        self._check_common()
+        _reject_if(bool(self.functions), "functions", "the deprecated functions parameter (use tools)")
+        _reject_if(
+            self.function_call not in (None, "none"), "function_call", "function_call (use tool_choice)"
+        )
         _reject_if(self.audio is not None, "audio", "audio output")
         if self.modalities is not None and self.modalities != ["text"]:
             raise InvalidRequestError("modalities", "modalities other than 'text' are not supported")
-        fmt = self.response_format
-        if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-            kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequestError("top_logprobs", "top_logprobs needs logprobs set to true")
+        choice = self.tool_choice
+        if choice not in (None, "none", "auto") and not self.tools:
+            raise InvalidRequestError("tool_choice", "tool_choice needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in self.tool_names:
             raise InvalidRequestError(
-                "response_format", f"response_format {kind!r} is not supported; only 'text'"
+                "tool_choice", f"tool_choice names {choice.function.name!r}, which is not among the tools"
             )
+        if self.tool_calling and self.response_format is not None and self.response_format.type != "text":
+            raise InvalidRequestError("response_format", "response_format cannot be combined with tool calls")
         for i, message in enumerate(self.messages):
-            _reject_if(bool(message.tool_calls), f"messages.{i}.tool_calls", "tool_calls in messages")
             _reject_if(
                 message.function_call is not None, f"messages.{i}.function_call", "function_call in messages"
             )
+            if message.name is not None and message.role != "tool":
+                raise InvalidRequestError(
+                    f"messages.{i}.name",
+                    "participant names are not supported: chat templates have no place for them",
+                )
+            if message.role == "tool" and message.tool_call_id is None:
+                raise InvalidRequestError(f"messages.{i}.tool_call_id", "a tool message needs tool_call_id")
+            if message.tool_calls and message.role != "assistant":
+                raise InvalidRequestError(
+                    f"messages.{i}.tool_calls", "only assistant messages carry tool_calls"
+                )
 
-    def sampling_params(self) -> SamplingParams:
+    @property
+    def tool_names(self) -> list[str]:
+        return [t.function.name for t in self.tools or ()]
+
+    @property
+    def tool_calling(self) -> bool:
+        """Whether the output is parsed for tool calls (tools given and tool_choice not "none")."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    def sampling_params(self, grammar: GrammarSpec | None = None) -> SamplingParams:
         self.check_supported()
         use_new = self.max_completion_tokens is not None
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
         try:
-            return self._sampling_params(self.max_completion_tokens if use_new else self.max_tokens)
+            return self._sampling_params(
+                self.max_completion_tokens if use_new else self.max_tokens, logprobs, grammar
+            )
         except InvalidRequestError as exc:
             if exc.param == "max_tokens" and use_new:
                 raise InvalidRequestError(
@@ -151,7 +256,8 @@ class ChatCompletionRequest(_SamplingFields):
             raise
 
     def template_messages(self) -> list[dict[str, Any]]:
-        """Messages as chat templates expect them: a role and one string of content."""
+        """Messages as chat templates expect them: a role and one string of content; assistant turns keep their
+        tool_calls and tool turns their ids (server/tools/render.py adapts both to the template)."""
         rendered: list[dict[str, Any]] = []
         for i, message in enumerate(self.messages):
             content = message.content
@@ -173,28 +279,38 @@ class ChatCompletionRequest(_SamplingFields):
                 content = "".join(texts)  # OpenAI joins text parts with no separator
             # Templates know system/user/assistant; OpenAI defines developer as system's successor.
             role = "system" if message.role == "developer" else message.role
-            rendered.append({"role": role, "content": content})
+            entry: dict[str, Any] = {"role": role, "content": content}
+            if message.tool_calls:
+                entry["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+            if message.role == "tool":
+                entry["tool_call_id"] = message.tool_call_id
+                if message.name is not None:
+                    entry["name"] = message.name
+            rendered.append(entry)
         return rendered
 
 
 class CompletionRequest(_SamplingFields):
     prompt: str | list[int] | list[str] | list[list[int]]
     max_tokens: int | None = 16  # the OpenAI API's default for completions
-    logprobs: Any = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+    echo: bool | None = None
     best_of: Any = None
-    echo: Any = None
     suffix: Any = None
 
     def check_supported(self) -> None:
-        self._check_common_unsupported()
-        _reject_if(self.logprobs is not None, "logprobs")
+        self._check_common()
         _reject_if(self.best_of not in (None, 1), "best_of", f"best_of={self.best_of!r}")
-        _reject_if(bool(self.echo), "echo")
         _reject_if(bool(self.suffix), "suffix")
+        if self.echo and self.logprobs is not None:
+            # the prompt's logprobs would need logits at every prompt position; the chips return the last
+            raise InvalidRequestError(
+                "logprobs", "logprobs with echo (the prompt's logprobs) is not supported"
+            )
 
     def sampling_params(self) -> SamplingParams:
         self.check_supported()
-        return self._sampling_params(self.max_tokens)
+        return self._sampling_params(self.max_tokens, self.logprobs)
 
     def single_prompt(self) -> str | list[int]:
         """The one prompt as text or token ids; batches are a list of several prompts and are rejected."""
@@ -237,18 +353,53 @@ class LpuInfo(BaseModel):
     emulated_tokens_per_second: float
     chips: int
     pipeline_stages: int
+    # prefill-decode disaggregation (`--prefill-on`): the GPU server prompts ran on (null: the LPU chips), and
+    # the seconds the prompt's KV took to reach the LPUs (within emulated_completion_time)
+    prefill_on: str | None = None
+    emulated_kv_transfer_time: float = 0.0
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: None = None
+    tool_calls: list[ToolCallOut] | None = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprobOut] | None
+    refusal: None = None
+
+
+class CompletionLogprobs(BaseModel):
+    """The legacy completions API's shape: parallel lists, one entry per token."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
 
 
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str
 
 
@@ -266,7 +417,7 @@ class ChatCompletion(BaseModel):
 class CompletionChoice(BaseModel):
     text: str
     index: int = 0
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str
 
 
@@ -283,8 +434,8 @@ class Completion(BaseModel):
 
 class ChunkChoice(BaseModel):
     index: int = 0
-    delta: dict[str, str]  # a dict, not a model: keys are present only when sent (role on the first chunk)
-    logprobs: None = None
+    delta: dict[str, Any]  # a dict, not a model: keys are present only when sent (role on the first chunk)
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
 
 
@@ -302,7 +453,7 @@ class ChatCompletionChunk(BaseModel):
 class CompletionChunkChoice(BaseModel):
     text: str
     index: int = 0
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
 
 

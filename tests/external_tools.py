@@ -1,6 +1,6 @@
 """Programs from outside the Python environment that some tests drive (Prometheus, promtool, a compose
-validator). Like test data, a missing one skips the test with how to get it, except under CI (`CI=true`),
-where .ci/run installs them and absence is a failure."""
+validator, Node for the Grafana schema check). Like test data, a missing one skips the test with how to get it,
+except under CI (`CI=true`), where .ci/run installs them and absence is a failure."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ HOW_TO_GET = {
         "install a compose CLI: Debian's 'docker-compose' package (apt-get install docker-compose; .ci/run "
         "does this) or Docker's compose plugin"
     ),
+    "node": "install Node.js (apt-get install nodejs npm; .ci/run does this), then make dashboard-check",
 }
 
 

@@ -1,5 +1,7 @@
 """Demo traffic: several named users streaming chat completions at their own rates, so every dashboard panel
-has data. Bounded by --duration and --max-requests; it only targets this machine or a compose service.
+has data. It runs for --duration seconds and at most --max-requests requests (0: until stopped, as in the compose
+stack, where SIGTERM from `docker compose stop` ends it cleanly); it only targets this machine or a compose
+service.
 
 Each user is one conversation at a time: send a streamed request, read it to the end (or, for a fraction of
 requests, hang up after a few chunks: an abort), then wait an exponential pause of mean 1/RATE seconds. A
@@ -14,7 +16,9 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import math
 import random
+import signal
 import sys
 import time
 from collections import Counter
@@ -33,6 +37,7 @@ PROMPTS = (
 )
 STOP_STRINGS = ["l", "b", "z", "#"]  # frequent in the demo model's noise, so these requests end with `stop`
 ABORT_AFTER_CHUNKS = 3
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @dataclass(frozen=True)
@@ -123,18 +128,31 @@ async def one_request(
                 tally.by_outcome["stream_error"] += 1
 
 
+@dataclass
+class Budget:
+    """What is left of the run: requests (None: no cap) and time (inf: until stopped)."""
+
+    requests: int | None
+    deadline: float
+
+    def take(self) -> bool:
+        if time.monotonic() >= self.deadline or self.requests == 0:
+            return False
+        if self.requests is not None:
+            self.requests -= 1
+        return True
+
+
 async def user_loop(
     client: httpx.AsyncClient,
     model: str,
     spec: UserSpec,
     args: argparse.Namespace,
-    deadline: float,
-    budget: list[int],
+    budget: Budget,
     tally: Tally,
 ) -> None:
     rng = random.Random(f"{args.seed}:{spec.name}")
-    while time.monotonic() < deadline and budget[0] > 0:
-        budget[0] -= 1
+    while budget.take():
         tally.by_user[spec.name] += 1
         try:
             await one_request(client, model, spec.name, rng, args, tally)
@@ -142,7 +160,7 @@ async def user_loop(
             tally.by_outcome[type(exc).__name__] += 1
             await asyncio.sleep(1.0)  # the server is restarting or gone: do not spin
         pause = rng.expovariate(spec.rate)
-        await asyncio.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+        await asyncio.sleep(max(0.0, min(pause, budget.deadline - time.monotonic())))
 
 
 async def resolve_model(client: httpx.AsyncClient, wait_s: float) -> str:
@@ -168,12 +186,36 @@ async def run(args: argparse.Namespace) -> Tally:
         base_url=args.url, headers=headers, timeout=httpx.Timeout(120.0), limits=limits
     ) as client:
         model = args.model or await resolve_model(client, args.wait)
-        deadline = time.monotonic() + args.duration
-        budget = [args.max_requests]
-        await asyncio.gather(
-            *(user_loop(client, model, u, args, deadline, budget, tally) for u in args.users)
+        budget = Budget(
+            requests=args.max_requests or None,
+            deadline=time.monotonic() + args.duration if args.duration else math.inf,
         )
+        users = asyncio.gather(*(user_loop(client, model, u, args, budget, tally) for u in args.users))
+        await until_signalled(users)
     return tally
+
+
+async def until_signalled(work: asyncio.Future[list[None]]) -> None:
+    """Awaits `work`; SIGTERM (`docker stop`) or SIGINT cancels it instead, which closes the open streams (the
+    server aborts those requests), so the tally is still printed and the exit is clean, not a kill."""
+    loop = asyncio.get_running_loop()
+    received: list[signal.Signals] = []
+
+    def stop(sig: signal.Signals) -> None:
+        received.append(sig)
+        work.cancel()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not received:
+            raise  # cancelled from outside, not by a signal
+        print(f"traffic: {received[0].name}, stopping", flush=True)
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -191,9 +233,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=parse_users(DEFAULT_USERS),
         help=f"NAME=REQUESTS_PER_SECOND,... (default {DEFAULT_USERS})",
     )
-    p.add_argument("--duration", type=float, default=60.0, help="seconds to run (default 60)")
     p.add_argument(
-        "--max-requests", type=int, default=10_000, help="requests in total, all users (default 10000)"
+        "--duration", type=float, default=60.0, help="seconds to run, 0: until stopped (default 60)"
+    )
+    p.add_argument(
+        "--max-requests",
+        type=int,
+        default=10_000,
+        help="requests in total, all users, 0: no cap (default 10000)",
     )
     p.add_argument("--min-tokens", type=int, default=8, help="smallest max_tokens drawn (default 8)")
     p.add_argument("--max-tokens", type=int, default=64, help="largest max_tokens drawn (default 64)")
@@ -209,8 +256,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 1 <= args.min_tokens <= args.max_tokens:
         p.error("need 1 <= --min-tokens <= --max-tokens")
-    if args.duration <= 0 or args.max_requests < 1:
-        p.error("--duration must be positive and --max-requests at least 1")
+    if not 0 <= args.duration < math.inf or args.max_requests < 0:
+        p.error("--duration and --max-requests must be 0 (no limit) or positive")
     return args
 
 

@@ -10,14 +10,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lpu_runtime.chat_template import ChatTemplate, load_chat_template
 from lpu_runtime.errors import ModelFileError
 from lpu_runtime.gguf_file import GGUFFile
-from lpu_runtime.tokenizer import Tokenizer
+from lpu_runtime.tokenizer import Span, Tokenizer
 from lpu_runtime.tokenizers import load_tokenizer
 
 
@@ -47,8 +47,12 @@ class ServedTokenizer:
     def eos_token(self) -> str:
         return self.inner.eos_token
 
-    def encode(self, text: str, *, add_bos: bool) -> list[int]:
-        return self.inner.encode(text, add_bos=add_bos)
+    @property
+    def special_tokens(self) -> Mapping[str, int]:
+        return self.inner.special_tokens
+
+    def encode(self, text: str, *, add_bos: bool, plain_spans: Sequence[Span] = ()) -> list[int]:
+        return self.inner.encode(text, add_bos=add_bos, plain_spans=plain_spans)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.inner.decode([i for i in ids if i < self.inner.vocab_size])

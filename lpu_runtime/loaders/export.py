@@ -1,6 +1,6 @@
 """`lpu export`: any model we can load, written as a HuggingFace directory other engines load as is.
 
-config.json (LlamaForCausalLM, or Qwen2ForCausalLM for q/k/v biases), generation_config.json,
+config.json (LlamaForCausalLM, Qwen2ForCausalLM for q/k/v biases, MixtralForCausalLM for experts), generation_config.json,
 model.safetensors in float32 written tensor by tensor (a synthetic 7B never exists whole in memory), and the
 tokenizer: a tokenizer.json source's files as they are; any other vocabulary (GGUF, llama2.c tokenizer.bin,
 the demo's bytes) converted to tokenizer.json through the `tokenizers` library, with BOS/EOS and the chat
@@ -21,7 +21,7 @@ from lpu_runtime.catalog import LoadedModel, load_model
 from lpu_runtime.config import ModelConfig
 from lpu_runtime.errors import ModelFileError
 from lpu_runtime.loaders.assets import ServedTokenizer
-from lpu_runtime.loaders.hf import SINGLE_FILE, hf_name
+from lpu_runtime.loaders.hf import SINGLE_FILE, hf_keys
 from lpu_runtime.loaders.safetensors import write_safetensors
 from lpu_runtime.model import Checkpoint, tensor_shapes
 from lpu_runtime.tokenizer import Tokenizer
@@ -51,9 +51,15 @@ def hf_config(config: ModelConfig, tokenizer: Tokenizer) -> dict[str, Any]:
                 "original_max_position_embeddings": rs.original_max_context,
             }
     eos = sorted(tokenizer.eos_ids)
+    arch, kind = ("Qwen2ForCausalLM", "qwen2") if biased else ("LlamaForCausalLM", "llama")
+    experts: dict[str, Any] = {}
+    if config.is_moe:
+        arch, kind = "MixtralForCausalLM", "mixtral"
+        experts = {"num_local_experts": config.n_experts, "num_experts_per_tok": config.n_experts_per_token}
     return {
-        "architectures": ["Qwen2ForCausalLM" if biased else "LlamaForCausalLM"],
-        "model_type": "qwen2" if biased else "llama",
+        "architectures": [arch],
+        "model_type": kind,
+        **experts,
         "vocab_size": config.vocab_size,
         "hidden_size": config.dim,
         "intermediate_size": config.ffn_dim,
@@ -116,13 +122,20 @@ def write_hf_directory(
     for name, content in (("config.json", config), ("generation_config.json", generation)):
         (out / name).write_text(json.dumps(content, indent=2) + "\n")
         written.append(out / name)
-    # Tied models store the embedding once, under embed_tokens, as transformers does.
-    canonical = {hf_name(n): n for n in tensor_shapes(cfg) if not (cfg.tied_embeddings and n == "output")}
-    shapes = {key: tensor_shapes(cfg)[name] for key, name in canonical.items()}
+    # Tied models store the embedding once, under embed_tokens, as transformers does. A MoE layer's stacked
+    # matrices are written expert by expert: key -> (canonical name, its rows).
+    sources: dict[str, tuple[str, int, int]] = {}
+    for name, shape in tensor_shapes(cfg).items():
+        if cfg.tied_embeddings and name == "output":
+            continue
+        keys = hf_keys(name, cfg)
+        per = shape[0] // len(keys)
+        sources |= {key: (name, i * per, (i + 1) * per) for i, key in enumerate(keys)}
+    shapes = {key: (b - a, *tensor_shapes(cfg)[name][1:]) for key, (name, a, b) in sources.items()}
     write_safetensors(
         out / SINGLE_FILE,
         shapes,
-        lambda key: checkpoint.tensor(canonical[key]),
+        lambda key: checkpoint.rows(*sources[key]),
         {"format": "pt", "exported_by": "lpu-serve", "source": checkpoint.origin},
         on_tensor,
     )

@@ -1,23 +1,26 @@
 """HuggingFace checkpoints: a directory with config.json and model.safetensors (or shards and their index).
 
-Architectures: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM (q/k/v biases). Weights are F32, F16 or
-BF16, memory-mapped; every tensor's name and shape is checked against the config before any data is read.
+Architectures: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM (q/k/v biases), MixtralForCausalLM
+(mixture of experts: each layer's router and its experts' matrices, stacked in expert order). Weights are
+F32, F16 or BF16, memory-mapped; every tensor's name and shape is checked against the config before any data
+is read.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from lpu_runtime.config import ModelConfig, RopeScaling
 from lpu_runtime.errors import ModelFileError
 from lpu_runtime.loaders.safetensors import SafetensorsFile, tensor_names
 from lpu_runtime.model import Checkpoint, tensor_shapes
 
-ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
-# Mixture-of-experts models the planner sizes; the emulator does not run their expert layers.
-PLANNING_ARCHITECTURES = (*ARCHITECTURES, "MixtralForCausalLM")
+ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "MixtralForCausalLM")
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -40,6 +43,25 @@ _TOP_NAMES = {
     "norm": "model.norm.weight",
     "output": "lm_head.weight",
 }
+
+
+_MOE_ROUTER = "block_sparse_moe.gate.weight"
+_MOE_EXPERTS = ("w1", "w2", "w3")  # block_sparse_moe.experts.{e}.{w}.weight, Mixtral's names as ours
+
+
+def hf_keys(name: str, config: ModelConfig, tied: bool = False) -> tuple[str, ...]:
+    """The transformers parameters holding a canonical tensor: one, or, for a MoE layer's expert-stacked
+    matrices, one per expert in expert order."""
+    if config.is_moe and name.startswith("layers."):
+        _, index, field = name.split(".", 2)
+        if field == "router":
+            return (f"model.layers.{index}.{_MOE_ROUTER}",)
+        if field in _MOE_EXPERTS:
+            return tuple(
+                f"model.layers.{index}.block_sparse_moe.experts.{e}.{field}.weight"
+                for e in range(config.n_experts)
+            )
+    return (hf_name(name, tied),)
 
 
 def hf_name(name: str, tied: bool = False) -> str:
@@ -89,14 +111,13 @@ def read_hf_config(directory: Path, name: str) -> ModelConfig:
     return read_hf_config_file(directory / "config.json", name)
 
 
-def read_hf_config_file(path: Path, name: str, *, planning: bool = False) -> ModelConfig:
-    """A HuggingFace config.json -> ModelConfig; `planning` also accepts mixture-of-experts architectures."""
+def read_hf_config_file(path: Path, name: str) -> ModelConfig:
+    """A HuggingFace config.json -> ModelConfig."""
     cfg = _json(path)
     arch = (cfg.get("architectures") or ["?"])[0]
-    supported = PLANNING_ARCHITECTURES if planning else ARCHITECTURES
-    if arch not in supported:
+    if arch not in ARCHITECTURES:
         raise ModelFileError(
-            path, f"architecture {arch} is not supported (supported: {', '.join(supported)})"
+            path, f"architecture {arch} is not supported (supported: {', '.join(ARCHITECTURES)})"
         )
     if cfg.get("hidden_act", "silu") != "silu" or cfg.get("mlp_bias"):
         raise ModelFileError(path, "only SwiGLU MLPs without biases (hidden_act silu) are supported")
@@ -156,17 +177,33 @@ def load_hf_checkpoint(directory: Path, name: str | None = None) -> Checkpoint:
         # Some exports drop lm_head.weight without setting tie_word_embeddings; transformers ties them then.
         config = ModelConfig(**{**config.__dict__, "tied_embeddings": True})
     for name_, shape in tensor_shapes(config).items():
-        key = hf_name(name_, tied)
-        if key not in owner:
-            raise ModelFileError(directory, f"misses tensor {key}")
-        got = owner[key].entries[key].shape
-        if got != shape:
-            raise ModelFileError(
-                owner[key].path, f"tensor {key} has shape {got}, expected {shape} from config.json"
-            )
+        keys = hf_keys(name_, config, tied)
+        each = (shape[0] // len(keys), *shape[1:])  # a MoE matrix: one expert's rows per key
+        for key in keys:
+            if key not in owner:
+                raise ModelFileError(directory, f"misses tensor {key}")
+            got = owner[key].entries[key].shape
+            if got != each:
+                raise ModelFileError(
+                    owner[key].path, f"tensor {key} has shape {got}, expected {each} from config.json"
+                )
 
-    def load(name_: str) -> Any:
-        key = hf_name(name_, tied)
+    def tensor(key: str) -> Any:
         return owner[key].tensor(key)
 
-    return Checkpoint(config, load, str(directory))
+    def load(name_: str) -> Any:
+        return _stacked(hf_keys(name_, config, tied), tensor)
+
+    def rows(name_: str, start: int, stop: int) -> Any:
+        """Only the experts holding rows [start, stop) are read."""
+        keys = hf_keys(name_, config, tied)
+        per = tensor_shapes(config)[name_][0] // len(keys)
+        first, last = start // per, -(-stop // per)
+        return _stacked(keys[first:last], tensor)[start - first * per : stop - first * per]
+
+    return Checkpoint(config, load, str(directory), row_loader=rows if config.is_moe else None)
+
+
+def _stacked(keys: tuple[str, ...], tensor: Callable[[str], Any]) -> Any:
+    """One tensor, or several (experts) stacked along their rows."""
+    return tensor(keys[0]) if len(keys) == 1 else np.concatenate([tensor(k) for k in keys])

@@ -16,6 +16,7 @@ from typing import Any
 import tokenizers
 
 from lpu_runtime.errors import ModelFileError
+from lpu_runtime.tokenizer import Span
 from lpu_runtime.tokenizers.bpe import byte_level_bytes
 from lpu_runtime.tokenizers.vocab import BYTE_PIECE, VocabTokenizer
 
@@ -55,6 +56,7 @@ class HFTokenizer(VocabTokenizer):
             text = path.read_text(encoding="utf-8")
             spec = json.loads(text)
             self._tok = tokenizers.Tokenizer.from_str(text)
+            self._literal_tok: tokenizers.Tokenizer | None = None
         except Exception as exc:  # the library raises plain Exception for malformed files
             raise ModelFileError(
                 path, f"is not a readable tokenizer.json ({' '.join(str(exc).split())})"
@@ -117,11 +119,27 @@ class HFTokenizer(VocabTokenizer):
             eos_token=eos_text,
         )
 
-    def encode(self, text: str, *, add_bos: bool) -> list[int]:
-        ids: list[int] = self._tok.encode(text, add_special_tokens=False).ids
-        if add_bos and self.bos_id is not None:
-            return [self.bos_id, *ids]
+    def encode(self, text: str, *, add_bos: bool, plain_spans: Sequence[Span] = ()) -> list[int]:
+        ids: list[int] = [self.bos_id] if add_bos and self.bos_id is not None else []
+        if not plain_spans:
+            return ids + self._tok.encode(text, add_special_tokens=False).ids
+        # The library splits at added tokens before anything else, so splitting here (skipping the plain
+        # spans) and encoding each run of text with special parsing off gives the same ids wherever the text
+        # has no plain span.
+        for part, special in self._fragments(text, plain_spans):
+            if special is not None:
+                ids.append(special)
+            else:
+                ids.extend(self._literal().encode(part, add_special_tokens=False).ids)
         return ids
+
+    def _literal(self) -> tokenizers.Tokenizer:
+        """A copy of the library tokenizer that reads special-token strings as plain text."""
+        if self._literal_tok is None:
+            literal = tokenizers.Tokenizer.from_str(self._tok.to_str())
+            literal.encode_special_tokens = True
+            self._literal_tok = literal
+        return self._literal_tok
 
     def decode(self, ids: Sequence[int]) -> str:
         for i in ids:

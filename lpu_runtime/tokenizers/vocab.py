@@ -10,6 +10,8 @@ import enum
 import re
 from collections.abc import Iterator, Mapping, Sequence
 
+from lpu_runtime.tokenizer import Span, split_specials
+
 
 class TokenType(enum.IntEnum):
     """llama.cpp's token types, as GGUF `tokenizer.ggml.token_type` stores them."""
@@ -116,27 +118,24 @@ class VocabTokenizer:
     def adds_bos(self) -> bool:
         return self._adds_bos
 
+    @property
+    def special_tokens(self) -> Mapping[str, int]:
+        return self._specials
+
     def special_id(self, text: str) -> int | None:
         return self._specials.get(text)
 
-    def _fragments(self, text: str) -> Iterator[tuple[str, int | None]]:
-        if self._special_re is None:
-            yield text, None
-            return
-        for i, part in enumerate(self._special_re.split(text)):
-            if i % 2:
-                yield part, self._specials[part]
-            elif part:
-                yield part, None
+    def _fragments(self, text: str, plain_spans: Sequence[Span] = ()) -> Iterator[tuple[str, int | None]]:
+        return split_specials(text, self._special_re, self._specials, plain_spans)
 
     def _encode_fragment(self, text: str, *, after_special: bool) -> list[int]:
         """Ids of ordinary text; `after_special` is true at the start and right after a special token."""
         raise NotImplementedError
 
-    def encode(self, text: str, *, add_bos: bool) -> list[int]:
+    def encode(self, text: str, *, add_bos: bool, plain_spans: Sequence[Span] = ()) -> list[int]:
         ids = [self._bos_id] if add_bos and self._bos_id is not None else []
         after_special = True
-        for part, special in self._fragments(text):
+        for part, special in self._fragments(text, plain_spans):
             if special is not None:
                 ids.append(special)
                 after_special = True

@@ -9,12 +9,13 @@ import sys
 from pathlib import Path
 
 from lpu_runtime import (
-    CHIP_PRESETS,
     CompileError,
     HardwareSpec,
     PlanInputError,
     PlanRequest,
     SpecError,
+    chip_hardware,
+    gpu_server,
     load_spec,
     override_hardware,
     plan_report_dict,
@@ -22,12 +23,13 @@ from lpu_runtime import (
     render_plan_svg,
     render_plan_table,
     resolve_model,
+    shorter_context_that_fits,
 )
 from server.commands.base import Command
 from server.settings import MIB, SYSTEM_OPTIONS, Settings, add_options
 
 # Shared flags that mean the same here; --chips is the planner's own (absent: the fewest that fit).
-_SHARED = ("model", "chip_sram_mib", "max_num_batched_tokens")
+_SHARED = ("model", "chip", "chip_sram_mib", "max_num_batched_tokens", "prefill_on")
 
 
 DEFAULT_PROMPT = 550  # tokens
@@ -90,7 +92,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="YAML hardware spec: sections chip, lpu, gpu, gpu_server (see docs/hardware.md)",
     )
-    parser.add_argument("--chip", choices=sorted(CHIP_PRESETS), help="LPU chip preset (default groqchip1)")
+    parser.add_argument(
+        "--weights",
+        choices=("int8", "fp8"),
+        help="LPU weight format (default: the chip's: int8 on groqchip1, fp8 on groq3, which has FP8 units)",
+    )
     parser.add_argument("--chip-price", type=_positive_float, metavar="USD", help="price of one card")
     parser.add_argument("--chip-power-w", type=_positive_float, metavar="W", help="average power of one card")
     parser.add_argument("--chip-tdp-w", type=_positive_float, metavar="W", help="maximum power of one card")
@@ -109,11 +115,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def hardware_from(args: argparse.Namespace, settings: Settings) -> HardwareSpec:
     """Presets, then the YAML file, then single flags: each layer replaces only what it names."""
-    spec = HardwareSpec()
-    if args.chip:
-        spec = override_hardware(spec, "--chip", chip=CHIP_PRESETS[args.chip])
+    spec = chip_hardware(settings.chip)  # the chip with its card, node and rack
     if args.spec is not None:
         spec = load_spec(args.spec, spec)
+    if args.weights is not None:
+        spec = override_hardware(spec, "--weights", chip=dataclasses.replace(spec.chip, weights=args.weights))
     if settings.chip_sram_mib is not None:
         chip = dataclasses.replace(spec.chip, sram_bytes=int(settings.chip_sram_mib * MIB))
         spec = override_hardware(spec, "--chip-sram-mb", chip=chip)
@@ -139,6 +145,10 @@ def hardware_from(args: argparse.Namespace, settings: Settings) -> HardwareSpec:
             price_usd=args.gpu_server_price or server.price_usd,
         )
         spec = override_hardware(spec, "--gpu-precision/--gpu-server-price", gpu_server=server)
+    if settings.prefill_on is not None:
+        # the comparator server's settings (precision, price) with the named GPU
+        server = gpu_server(settings.prefill_on, spec.gpu_server)
+        spec = override_hardware(spec, "--prefill-on", prefill_server=server)
     return spec
 
 
@@ -152,6 +162,7 @@ def _chunk(args: argparse.Namespace, settings: Settings) -> int | None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    request: PlanRequest | None = None
     try:
         hardware = hardware_from(args, settings)
         model = resolve_model(settings.model)
@@ -168,8 +179,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
         report = plan_system(request)
     except CompileError as exc:
-        # A model's own context (up to 10^6 tokens for some) can need more KV than any chip holds.
-        hint = "" if args.context else "; plan a shorter context with --context TOKENS"
+        # A model's own context (up to 10^6 tokens for some) can need more KV than the chips hold: suggest a
+        # shorter one only when one fits.
+        shorter = shorter_context_that_fits(request) if request is not None else None
+        hint = f"; a context of {shorter:,} tokens fits: --context {shorter}" if shorter else ""
         print(f"lpu plan: {exc}{hint}", file=sys.stderr)
         return 1
     except (PlanInputError, SpecError, ValueError) as exc:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 
 import uvicorn
@@ -11,7 +13,10 @@ import uvicorn
 from lpu_runtime import MODEL_PRESETS, LpuError, can_serve, check_model
 from server.app import create_app
 from server.commands.base import Command
+from server.drain import DrainingServer
+from server.http_limits import header_timeout_protocol
 from server.settings import ALL_OPTIONS, Settings, add_options
+from server.state import AppState
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -48,16 +53,23 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except (KeyError, LpuError) as exc:
         print(f"lpu serve: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 1
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    state: AppState = app.state.lpu
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        # Streams are cancelled on shutdown (sse-starlette watches uvicorn's exit flag), so a short
-        # grace period is enough for in-flight non-streaming requests to finish.
-        timeout_graceful_shutdown=10,
+        http=header_timeout_protocol(settings.header_timeout_s),
+        limit_concurrency=settings.max_connections,
+        # The drain (server/drain.py) has ended every request before uvicorn's own shutdown starts.
+        timeout_graceful_shutdown=1,
     )
-    return 0
+    server = DrainingServer(config, state.drain, settings.drain_timeout_s, state.abort_all)
+    # A dead engine that will not be restarted stops the server the way SIGTERM does, from any thread.
+    state.stop = lambda: os.kill(os.getpid(), signal.SIGTERM)
+    server.run()
+    return state.exit_code
 
 
 COMMAND = Command("serve", "run the OpenAI-compatible HTTP server", configure, run)

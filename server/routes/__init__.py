@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.routes import chat, completions, health, metrics, models
+from server.routes import chat, completions, health, metrics, models, responses
 
 ROUTERS: tuple[APIRouter, ...] = (
     chat.router,
     completions.router,
+    responses.router,
     models.router,
     health.router,
     metrics.router,

@@ -14,8 +14,10 @@ async def health(state: StateDep) -> JSONResponse:
     if engine is None:
         return JSONResponse({"status": "starting", "running": 0, "waiting": 0}, status_code=503)
     stats = engine.stats()
-    healthy = engine.is_healthy()
+    # Not ready while draining for shutdown or while a dead engine is being restarted: a load balancer
+    # sends new requests elsewhere meanwhile.
+    status = "draining" if state.drain.draining else "ok" if engine.is_healthy() else "unavailable"
     return JSONResponse(
-        {"status": "ok" if healthy else "unhealthy", "running": stats.running, "waiting": stats.waiting},
-        status_code=200 if healthy else 503,
+        {"status": status, "running": stats.running, "waiting": stats.waiting, "restarts": engine.restarts},
+        status_code=200 if status == "ok" else 503,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -9,8 +11,9 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -125,3 +128,59 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 20) -> boo
         process.wait()
         return False
     return True
+
+
+def engine_pid(server: Server) -> int:
+    """The server's engine process: its child that multiprocessing spawned."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == server.process.pid and b"spawn_main" in (entry / "cmdline").read_bytes():
+                return int(entry.name)
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    pytest.fail(f"server {server.process.pid} has no engine process")
+
+
+@dataclass
+class Streamed:
+    """What one streamed request got: its status and headers, its events (parsed JSON), and whether the
+    stream ended with `data: [DONE]`."""
+
+    status: int
+    headers: httpx.Headers
+    events: list[dict[str, Any]] = field(default_factory=list)
+    done: bool = False
+    body: dict[str, Any] | None = None  # the JSON body of a non-200 answer
+
+    @property
+    def finish_reason(self) -> str | None:
+        reasons = [c.get("finish_reason") for e in self.events for c in e.get("choices", ())]
+        return next((r for r in reasons if r), None)
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        return next((e["error"] for e in self.events if "error" in e), None)
+
+
+async def stream_chat(
+    client: httpx.AsyncClient, body: dict[str, Any], on_first: asyncio.Event | None = None
+) -> Streamed:
+    """POSTs a streamed chat completion and reads it to its end; `on_first` is set at the first event."""
+    async with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+        result = Streamed(response.status_code, response.headers)
+        if response.status_code != 200:
+            result.body = json.loads(await response.aread())
+            return result
+        async for line in response.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            if line == "data: [DONE]":
+                result.done = True
+                break
+            result.events.append(json.loads(line.removeprefix("data: ")))
+            if on_first is not None:
+                on_first.set()
+    return result

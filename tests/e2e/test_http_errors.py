@@ -9,6 +9,9 @@ import pytest
 
 from tests.e2e.support import Server
 
+WEATHER = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+CALL = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+
 
 def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict[str, Any]:
     assert response.status_code == status, response.text
@@ -49,13 +52,43 @@ def assert_error(response: httpx.Response, status: int, param: str | None = None
         ({"stream": "maybe"}, "stream"),
         ({"frequency_penalty": 9}, "frequency_penalty"),
         ({"n": 0}, "n"),
-        ({"best_of": 2, "echo": True, "n": 5}, "n"),
+        ({"n": 129}, "n"),
         ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
+        ({"tools": [{"type": "function", "function": {"name": "two words"}}]}, "tools.0.function.name"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 7}}}]},
+            "tools.0.function.parameters",
+        ),
+        ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format"),
         ({"functions": [{"name": "f"}]}, "functions"),
         ({"function_call": {"name": "f"}}, "function_call"),
-        ({"parallel_tool_calls": False}, "parallel_tool_calls"),
+        ({"parallel_tool_calls": "sometimes"}, "parallel_tool_calls"),
+        ({"response_format": {"type": "yaml"}}, "response_format.type"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            "response_format.json_schema",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "objekt"}},
+                }
+            },
+            "response_format.json_schema.schema",
+        ),
         ({"top_logprobs": 5}, "top_logprobs"),
-        ({"logit_bias": {"5": 1}}, "logit_bias"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"logit_bias": {"5": 101}}, "logit_bias"),
+        ({"logit_bias": {"five": 1}}, "logit_bias"),
+        ({"logit_bias": {"99999999": 1}}, "logit_bias"),
+        ({"min_tokens": 3}, "min_tokens"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"messages": [{"role": "user", "content": "x", "name": "ann"}]}, "messages.0.name"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.tool_call_id"),
+        ({"messages": [{"role": "user", "content": "x", "tool_calls": [CALL]}]}, "messages.0.tool_calls"),
         ({"audio": {"voice": "x"}}, "audio"),
         ({"modalities": ["audio"]}, "modalities"),
     ],
@@ -82,10 +115,14 @@ def test_bad_chat_bodies_are_400_naming_the_field(
         ({"prompt": [1, 10**9]}, "prompt"),
         ({"prompt": [-1]}, "prompt"),
         ({"prompt": {"text": "x"}}, "prompt"),
-        ({"echo": True}, "echo"),
+        ({"echo": True, "logprobs": 1}, "logprobs"),
         ({"suffix": "!"}, "suffix"),
         ({"best_of": 3}, "best_of"),
-        ({"logprobs": 1}, "logprobs"),
+        ({"logprobs": 6}, "logprobs"),
+        ({"n": 0}, "n"),
+        ({"logit_bias": {"1": -101}}, "logit_bias"),
+        ({"logit_bias": {"99999999": 1}}, "logit_bias"),
+        ({"min_tokens": 3}, "min_tokens"),
     ],
 )
 def test_bad_completion_bodies_are_400_naming_the_field(

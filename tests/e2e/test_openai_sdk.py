@@ -13,9 +13,9 @@ MESSAGES: list[Any] = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Say hi."},
 ]
-FIXED_LENGTH = {
-    "ignore_eos": True
-}  # extension: lengths the test can predict, whatever the noise model samples
+# extension: lengths the test can predict, whatever the noise model samples
+FIXED_LENGTH = {"ignore_eos": True}
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 
 
 def test_chat_completion(client: openai.OpenAI, server: Server) -> None:
@@ -169,14 +169,19 @@ def test_prompt_that_cannot_fit_is_context_length_exceeded(client: openai.OpenAI
 @pytest.mark.parametrize(
     ("kwargs", "param"),
     [
-        ({"n": 2}, "n"),
+        ({"n": 0}, "n"),
         ({"temperature": 5}, "temperature"),
         ({"top_p": 0}, "top_p"),
-        ({"logprobs": True}, "logprobs"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            "response_format.json_schema",
+        ),
+        ({"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
+        ({"logit_bias": {"5": 101}}, "logit_bias"),
         ({"messages": openai.omit}, "messages"),
-        ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, "messages.0.role"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.tool_call_id"),
     ],
 )
 def test_bad_requests_name_the_parameter(

@@ -48,7 +48,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with running_server(
         tmp_path_factory.mktemp("server"),
         "lpu-demo-untrained-13m",
-        ["--model", "lpu-demo-untrained-13m", "--api-keys", keys],
+        # The traffic generator sends every user's requests with one key: its `user` field is a sub-label.
+        ["--model", "lpu-demo-untrained-13m", "--api-keys", keys, "--metrics-request-user", "true"],
     ) as s:
         yield s
 
@@ -161,7 +162,7 @@ def test_every_dashboard_expression_returns_data(prometheus: str, traffic: str, 
 
 
 def test_per_user_series_are_exactly_the_users_who_sent_traffic(prometheus: str, traffic: str) -> None:
-    expected = {*TRAFFIC_USERS, "carol"}
+    expected = {*(f"traffic/{user}" for user in TRAFFIC_USERS), "carol"}
     for family in (
         "lpu_user_generation_tokens_total",
         "lpu_user_generation_tokens_per_second",

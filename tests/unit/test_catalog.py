@@ -109,7 +109,7 @@ def test_synthetic_with_a_real_tokenizer() -> None:
     assert "tokenizer.bin" in loaded.description
 
 
-def test_unknown_names_missing_paths_and_mixture_of_experts_presets_are_refused(tmp_path: Path) -> None:
+def test_unknown_names_and_missing_paths_are_refused(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="synthetic:<preset>"):
         load_model("no-such-model")
     # a path that is not there says so, even when it reads like a hub id (`models/x.gguf`)
@@ -121,10 +121,12 @@ def test_unknown_names_missing_paths_and_mixture_of_experts_presets_are_refused(
         assert not can_serve(missing)
     with pytest.raises(KeyError, match="unknown model preset"):
         load_model("synthetic:no-such-preset")
-    moe = [name for name, cfg in MODEL_PRESETS.items() if getattr(cfg, "n_experts", 1) > 1]
-    for name in moe:
-        with pytest.raises(ModelFileError, match="mixture-of-experts"):
-            load_model(f"synthetic:{name}")
+
+
+def test_mixture_of_experts_presets_load_as_synthetic_models() -> None:
+    loaded = load_model("synthetic:tiny-mixtral")
+    assert loaded.config.n_experts == 8 and loaded.config.n_experts_per_token == 2
+    assert loaded.source.open().tensor("layers.0.w1").shape == (8 * loaded.config.ffn_dim, loaded.config.dim)
 
 
 def test_padded_vocabulary_decodes_extra_rows_to_nothing() -> None:

@@ -14,6 +14,7 @@ from lpu_runtime.quant import quantize_weight
 from lpu_runtime.sram import Region, RegionKind, SramArena
 from lpu_runtime.synthetic import synthetic_checkpoint
 
+from .pipeline_runs import errors_against_reference, run_prefill_and_decode
 from .tiny_model import TINY, TINY_ENGINE, TINY_HEAD_DIM
 
 # Chips small enough that every layer is split over two chips by KV head and the vocabulary over several.
@@ -50,7 +51,7 @@ def test_chip_refuses_a_plan_past_its_sram() -> None:
 
 def test_chip_weights_are_views_into_its_own_sram(tiny_checkpoint: Checkpoint) -> None:
     pipe = PipelineExecutor(compile_model(TINY, SystemSpec(2), TINY_ENGINE), tiny_checkpoint)
-    for chip in pipe.chips:
+    for chip in pipe.local_chips:
         for shard in chip.plan.shards:
             assert np.shares_memory(chip.tensor(shard.tensor), chip.sram)
         assert chip.sram.nbytes <= chip.spec.sram_bytes
@@ -61,7 +62,7 @@ def test_each_stage_quantizes_only_its_rows_into_the_bytes_of_the_whole_tensor()
     checkpoint = tiny(TINY)
     pipe = PipelineExecutor(compile_model(TINY, SystemSpec(16, SMALL_CHIP), SMALL_ENGINE), checkpoint)
     split = 0
-    for chip in pipe.chips:
+    for chip in pipe.local_chips:
         for shard in chip.plan.shards:
             if shard.kind is not RegionKind.WEIGHT or shard.dtype != "int8":
                 continue
@@ -79,7 +80,7 @@ def test_a_byte_flipped_in_a_chips_sram_changes_what_it_computes(tensor: str) ->
     pipe = PipelineExecutor(compile_model(TINY, SystemSpec(2), TINY_ENGINE), tiny(TINY))
     prompt = _prompts()[2]
     before = pipe.execute(TokenBatch.single(prompt)).logits
-    chip = next(c for c in pipe.chips if tensor in c.shards)
+    chip = next(c for c in pipe.local_chips if tensor in c.shards)
     region = next(r for r in chip.plan.regions if r.name == tensor)
     column = int(prompt[-1]) if tensor == "tok_embeddings" else 0  # a byte the prompt's computation reads
     offset = region.offset + (column * chip.tensor(tensor).shape[1] if tensor == "tok_embeddings" else 0)
@@ -91,23 +92,6 @@ def test_a_byte_flipped_in_a_chips_sram_changes_what_it_computes(tensor: str) ->
 def _prompts() -> list[list[int]]:
     rng = np.random.default_rng(7)
     return [rng.integers(0, TINY.vocab_size, n).tolist() for n in (1, 5, 13)]
-
-
-def _run_prefill_and_decode(pipe: PipelineExecutor, prompt: list[int], steps: int) -> list[np.ndarray]:
-    """Prefill then greedy decode, returning every step's logits (one row each)."""
-    logits = pipe.execute(TokenBatch.single(prompt)).logits
-    out = [logits[0]]
-    tokens = list(prompt)
-    for _ in range(steps):
-        tokens.append(int(np.argmax(out[-1])))
-        pos = len(tokens) - 1
-        batch = TokenBatch(
-            np.array([tokens[-1]]),
-            np.array([pos]),
-            (SeqSlice(0, 1, pos, np.arange(pos + 1, dtype=np.int64)),),
-        )
-        out.append(pipe.execute(batch).logits[0])
-    return out
 
 
 @TINY_MODELS
@@ -125,11 +109,25 @@ def test_one_chip_and_many_chips_with_split_tensors_give_bit_identical_logits(mo
     split = PipelineExecutor(split_plan, checkpoint)
     assert one.n_stages == 1 and four.n_stages == 4
     for prompt in _prompts():
-        ref = _run_prefill_and_decode(one, prompt, 6)
+        ref = run_prefill_and_decode(one, prompt, 6)
         for other in (four, split):
-            got = _run_prefill_and_decode(other, prompt, 6)
+            got = run_prefill_and_decode(other, prompt, 6)
             for a, b in zip(ref, got, strict=True):
                 np.testing.assert_array_equal(a, b)
+
+
+def test_query_heads_split_over_copies_of_their_kv_head_give_bit_identical_logits() -> None:
+    """Four chips per layer for two KV heads: each chip attends one query head over its copy of the KV head."""
+    checkpoint = tiny(TINY)
+    one = PipelineExecutor(compile_model(TINY, SystemSpec(1), SMALL_ENGINE), checkpoint)
+    plan = compile_model(TINY, SystemSpec(14, ChipSpec(sram_bytes=32 * 1024)), SMALL_ENGINE)
+    assert {s.width for s in plan.stages if s.layers} == {2 * TINY.n_kv_heads}
+    copies = PipelineExecutor(plan, checkpoint)
+    for prompt in _prompts():
+        for a, b in zip(
+            run_prefill_and_decode(one, prompt, 4), run_prefill_and_decode(copies, prompt, 4), strict=True
+        ):
+            np.testing.assert_array_equal(a, b)
 
 
 @TINY_MODELS
@@ -162,15 +160,7 @@ def test_int8_model_tracks_the_float32_reference(model: ModelConfig) -> None:
     median 2.2%, p99 3.4%, worst 4.6%, argmax agreement 98% (random weights make near-ties)."""
     checkpoint = tiny(model)
     pipe = PipelineExecutor(compile_model(model, SystemSpec(3), TINY_ENGINE), checkpoint)
-    reference = ReferenceModel(checkpoint)
-    rng = np.random.default_rng(11)
-    rels, agree = [], 0
-    for _ in range(20):
-        prompt = rng.integers(0, TINY.vocab_size, rng.integers(1, 64)).tolist()
-        got = pipe.execute(TokenBatch.single(prompt)).logits
-        want = reference.forward(TokenBatch.single(prompt))
-        rels.append(float(np.sqrt(np.mean((got - want) ** 2) / np.mean(want**2))))
-        agree += int(np.argmax(got) == np.argmax(want))
+    rels, agree = errors_against_reference(pipe, ReferenceModel(checkpoint), 20, 64)
     assert max(rels) < 0.06, rels
     assert float(np.mean(rels)) < 0.03, rels
     assert agree >= 17
@@ -200,7 +190,7 @@ def test_activations_land_in_the_next_chips_sram(tiny_checkpoint: Checkpoint) ->
     pipe = PipelineExecutor(compile_model(TINY, SystemSpec(2), TINY_ENGINE), tiny_checkpoint)
     prompt = _prompts()[2]
     pipe.execute(TokenBatch.single(prompt))
-    landed = pipe.chips[1].tensor("act_in")[: len(prompt)]
+    landed = pipe.local_chips[1].tensor("act_in")[: len(prompt)]
     assert np.isfinite(landed).all() and np.abs(landed).sum() > 0
 
 
@@ -229,7 +219,7 @@ def test_attention_biases_are_sharded_with_their_matrices_and_stay_bit_identical
     reference = ReferenceModel(checkpoint)
     for prompt in _prompts():
         for a, b in zip(
-            _run_prefill_and_decode(one, prompt, 4), _run_prefill_and_decode(split, prompt, 4), strict=True
+            run_prefill_and_decode(one, prompt, 4), run_prefill_and_decode(split, prompt, 4), strict=True
         ):
             np.testing.assert_array_equal(a, b)
         got = one.execute(TokenBatch.single(prompt)).logits

@@ -122,7 +122,7 @@ def test_int8_pipeline_is_identical_on_one_and_many_chips_and_tracks_the_golden_
 
     bos_ids = greedy(lambda b: one.execute(b).logits, [1], 256)
     assert greedy(lambda b: split.execute(b).logits, [1], 256) == bos_ids
-    want_bos, want_chat = fmt.int8_horizons[one.backend.name]
+    want_bos, want_chat = fmt.int8_horizons[one.stages.backend_name]
     assert horizon(bos_ids, golden["bos_only_greedy_256"]["generated_ids"]) == want_bos
 
     chat = golden["chat_template_example"]

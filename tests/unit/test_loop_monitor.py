@@ -86,6 +86,13 @@ class _IdleEngine:
     def encode_text(self, prompt: str) -> list[int]:
         return [1]
 
+    @property
+    def chat_template_text(self) -> str | None:
+        return None
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return b"x"
+
     def check_fits(self, n_prompt: int, max_tokens: int | None) -> None:
         pass
 
@@ -103,6 +110,11 @@ class _IdleEngine:
 
     def is_healthy(self) -> bool:
         return True
+
+    def abort_all(self) -> None:
+        pass
+
+    restarts = 0
 
 
 def _lag_buckets(metrics_text: str) -> dict[str, float]:

@@ -9,12 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from lpu_runtime.catalog import compile_plan
 from lpu_runtime.compiler import compile_model
 from lpu_runtime.config import DEMO_MODEL, MODEL_PRESETS, EngineConfig, SystemSpec
 from lpu_runtime.errors import CompileError
 from lpu_runtime.hardware import (
     HardwareSpec,
     SpecError,
+    chip_hardware,
+    gpu_server,
     load_spec,
     min_cards_for_bytes,
     ownership_cost,
@@ -22,11 +25,13 @@ from lpu_runtime.hardware import (
 from lpu_runtime.plan import (
     PlanInputError,
     PlanRequest,
-    int8_weight_bytes,
     model_from_hf_config,
     plan_system,
     render_table,
     resolve_model,
+    shorter_context_that_fits,
+    sram_fill,
+    stored_weight_bytes,
     to_dict,
 )
 from lpu_runtime.plan_svg import render_svg
@@ -50,7 +55,7 @@ def test_the_seed_analysis_arithmetic_is_reproduced_exactly() -> None:
 def test_llama_2_70b_needs_more_chips_than_its_weights_alone_and_the_count_compiles() -> None:
     report = plan_system(PlanRequest(LLAMA_70B, context=4096))
     lpu = report.lpu
-    assert lpu.weight_bytes == int8_weight_bytes(LLAMA_70B) and 69e9 < lpu.weight_bytes < 69.1e9
+    assert lpu.weight_bytes == stored_weight_bytes(LLAMA_70B) and 69e9 < lpu.weight_bytes < 69.1e9
     assert lpu.min_chips_weights == 300  # the real 230,686,720-byte SRAM and Llama-2-70B's 68.98B params
     assert lpu.min_chips_weights < lpu.chips_needed == lpu.plan.n_chips_used
     assert lpu.plan.kv_tokens >= 4096
@@ -194,6 +199,8 @@ def test_the_svg_draws_every_chip_with_its_stage_and_sram_fill() -> None:
     assert len([t for t in titles if t.startswith("chip ")]) == 12
     assert sum("idle" in t for t in titles) == report.lpu.plan.idle_chips
     assert any("SRAM" in t and "% full" in t for t in titles)
+    fill = sram_fill(report.lpu.plan)
+    assert f"(here {fill['min']:.0%} to {fill['max']:.0%}, mean {fill['mean']:.0%})" in svg  # its own fill
     assert "tokens/s per user" in svg and "rack 1" in svg
 
 
@@ -224,3 +231,44 @@ def test_the_default_prefill_chunk_is_halved_until_the_layers_fit_and_an_asked_o
     assert report.lpu.plan.engine.max_num_batched_tokens == 128
     with pytest.raises(CompileError, match="cannot fit even split"):
         plan_system(PlanRequest(DEMO_MODEL, context=2048, hardware=hw, max_num_batched_tokens=512))
+
+
+def test_groq3_is_a_chip_and_a_rack_of_its_own_with_fp8_weights() -> None:
+    hw = chip_hardware("groq3")
+    assert hw.chip.sram_bytes == 500_000_000 and hw.chip.weights == "fp8"
+    assert hw.lpu.chips_per_node * hw.lpu.nodes_per_rack == 256  # an LPX rack: 32 trays of 8
+    assert hw.chip.fp8_flops_per_s * 256 == pytest.approx(315e15)
+    report = plan_system(PlanRequest(LLAMA_70B, context=4096, hardware=hw))
+    g1 = plan_system(PlanRequest(LLAMA_70B, context=4096))
+    assert report.lpu.chips_needed < g1.lpu.chips_needed / 2  # more than twice the SRAM per chip
+    assert report.lpu.racks == 1 and "fp8 weights" in render_table(report)
+    # FP8 only where the chip has FP8 matrix units
+    with pytest.raises(ValueError, match="no FP8"):
+        dataclasses.replace(HardwareSpec().chip, weights="fp8")
+
+
+def test_prefill_on_gpus_adds_their_servers_and_takes_the_time_to_first_token() -> None:
+    colocated = plan_system(PlanRequest(LLAMA_70B, context=4096, chips=576))
+    hw = HardwareSpec(prefill_server=gpu_server("h100"))
+    split = plan_system(PlanRequest(LLAMA_70B, context=4096, chips=576, hardware=hw))
+    assert split.prefill is not None and colocated.prefill is None
+    assert split.lpu.speed.per_user_tokens_per_s == colocated.lpu.speed.per_user_tokens_per_s
+    assert split.lpu.speed.ttft_s == split.prefill.ttft_s < colocated.lpu.speed.ttft_s
+    assert split.prefill.kv_bytes == 550 * 80 * 2 * 1024 * 2  # fp16 K and V of every layer
+    assert split.system_cost.purchase_usd == colocated.lpu.cost.purchase_usd + 300_000
+    assert to_dict(split)["prefill"]["server"] == "8 x H100-SXM5-80GB"
+
+
+def test_compile_and_plan_report_the_same_kv_capacity_for_the_same_layout() -> None:
+    report = plan_system(PlanRequest(LLAMA_70B, context=4096, chips=576))
+    compiled = compile_plan("llama-2-70b", SystemSpec(576), EngineConfig())
+    assert compiled.kv_capacity_tokens == report.lpu.plan.kv_capacity_tokens > report.lpu.plan.kv_tokens
+    assert f"{compiled.kv_capacity_tokens:,} fit" in render_table(report)
+    assert f"{compiled.kv_capacity_tokens:,} fit" in compiled.render()
+
+
+def test_a_shorter_context_is_suggested_only_when_one_fits() -> None:
+    long = MODEL_PRESETS["llama-3.3-70b"]
+    assert shorter_context_that_fits(PlanRequest(long, context=131072, chips=600)) == 65536
+    huge = MODEL_PRESETS["llama-3.1-405b"]  # 405 GB of weights: no context fits 100 chips
+    assert shorter_context_that_fits(PlanRequest(huge, context=131072, chips=100)) is None

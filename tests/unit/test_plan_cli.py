@@ -98,7 +98,7 @@ def test_mistral_nemo_config_with_head_dim_apart_from_hidden_size(
     # int8 matrices + an fp32 scale per output row (wq 4096, wk and wv 1024, wo 5120, w1 and w3 14336, w2
     # 5120 rows a layer; both vocabulary tables) + fp32 norms (3 bytes each more than their int8 count)
     scales = 4 * (40 * (4096 + 2 * 1024 + 5120 + 2 * 14336 + 5120) + 2 * 131072)
-    assert data["lpu"]["int8_weight_bytes"] == data["model"]["params"] + scales + 3 * (81 * 5120)
+    assert data["lpu"]["weight_bytes"] == data["model"]["params"] + scales + 3 * (81 * 5120)
     lpu = data["lpu"]
     # a layer's 272.6 MB of int8 weights split over two chips by KV heads; every layer gets its own stage
     assert {(s["holds"], s["stages"], s["width"]) for s in lpu["layout"]} >= {("layer", 40, 2)}
@@ -142,3 +142,30 @@ def test_the_prefill_chunk_comes_from_the_flag_or_the_environment(
     env = {"LPU_MAX_NUM_BATCHED_TOKENS": "128"}
     assert main(["plan", "--model", "mixtral-8x7b", "--format", "json"], env=env) == 0
     assert json.loads(capsys.readouterr().out)["lpu"]["prefill_chunk_tokens"] == 128
+
+
+def test_groq3_with_prefill_on_h100(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["plan", "--model", "llama-3-70b", "--chip", "groq3", "--prefill-on", "h100", "--context", "8192"]
+    assert main([*argv, "--format", "json"], env={}) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["lpu"]["chip"] == "Groq3-LP30" and data["lpu"]["weights"] == "fp8"
+    assert data["lpu"]["nodes_per_rack"] * data["lpu"]["chips_per_node"] == 256
+    assert data["prefill"]["server"] == "8 x H100-SXM5-80GB"
+    assert data["lpu"]["speed"]["ttft_s"] == data["prefill"]["ttft_s"]
+    assert main(argv, env={"LPU_CHIP": "groqchip1"}) == 0  # the flag wins over the environment
+    out = capsys.readouterr().out
+    assert "Groq3-LP30 system" in out and "Prefill on 8 x H100-SXM5-80GB" in out and "KV to the LPUs" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "llama-2-70b", "--weights", "fp8"], "GroqChip1 has no FP8 matrix units"),
+        (["--model", "llama-3.3-70b", "--chips", "600"], "a context of 65,536 tokens fits: --context 65536"),
+    ],
+)
+def test_fp8_needs_fp8_units_and_a_shorter_context_is_named_when_it_fits(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", *argv], env={}) == 1
+    assert message in capsys.readouterr().err

@@ -12,7 +12,7 @@ from lpu_runtime.config import ModelConfig
 from lpu_runtime.model import Checkpoint, ReferenceModel, TokenBatch
 from lpu_runtime.synthetic import synthetic_checkpoint
 
-from .tiny_model import TINY, TINY_HEAD_DIM
+from .tiny_model import TINY, TINY_HEAD_DIM, TINY_MOE
 
 F64 = NDArray[np.float64]
 
@@ -36,6 +36,23 @@ def naive_last_logits(checkpoint: Checkpoint, tokens: list[int]) -> F64:
         a, b = x[:, : hd // 2], x[:, hd // 2 :]
         return np.concatenate([a * cos - b * sin, a * sin + b * cos], axis=1)
 
+    def swiglu(h: F64, w1: F64, w3: F64, w2: F64) -> F64:
+        gate = h @ w1.T
+        out: F64 = (gate / (1 + np.exp(-gate)) * (h @ w3.T)) @ w2.T
+        return out
+
+    def moe(h: F64, p: str) -> F64:  # token by token: its top-k experts, softmax-weighted
+        f, d, out = cfg.ffn_dim, cfg.dim, np.zeros_like(h)
+        for i, logits in enumerate(h @ t(f"{p}.router").T):
+            top = np.argsort(-logits, kind="stable")[: cfg.n_experts_per_token]
+            weights = np.exp(logits[top] - logits[top].max())
+            for e, w in zip(top, weights / weights.sum(), strict=True):
+                rows, cols = slice(e * f, (e + 1) * f), slice(e * d, (e + 1) * d)
+                out[i] += (
+                    w * swiglu(h[i : i + 1], t(f"{p}.w1")[rows], t(f"{p}.w3")[rows], t(f"{p}.w2")[cols])[0]
+                )
+        return out
+
     mask = np.triu(np.full((n, n), -np.inf), 1)
     x = t("tok_embeddings")[tokens]
     for layer in range(cfg.n_layers):
@@ -50,13 +67,12 @@ def naive_last_logits(checkpoint: Checkpoint, tokens: list[int]) -> F64:
             heads.append(probs / probs.sum(axis=1, keepdims=True) @ v[:, kv])
         x = x + np.concatenate(heads, axis=1) @ t(f"{p}.wo").T  # (n, q_dim) @ (q_dim, dim)
         h = norm(x, t(f"{p}.ffn_norm"))
-        gate = h @ t(f"{p}.w1").T
-        x = x + (gate / (1 + np.exp(-gate)) * (h @ t(f"{p}.w3").T)) @ t(f"{p}.w2").T
+        x = x + (moe(h, p) if cfg.is_moe else swiglu(h, t(f"{p}.w1"), t(f"{p}.w3"), t(f"{p}.w2")))
     logits: F64 = norm(x[-1], t("norm")) @ t("output").T
     return logits
 
 
-@pytest.mark.parametrize("model", [TINY, TINY_HEAD_DIM], ids=["tiny", "head-dim-24"])
+@pytest.mark.parametrize("model", [TINY, TINY_HEAD_DIM, TINY_MOE], ids=["tiny", "head-dim-24", "moe"])
 def test_reference_matches_a_head_by_head_float64_transcription(model: ModelConfig) -> None:
     checkpoint = synthetic_checkpoint(model, seed=2)
     reference = ReferenceModel(checkpoint)

@@ -1,9 +1,12 @@
+import json
+
 import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from lpu_runtime.grammar import GrammarCompiler, GrammarVocab
 from lpu_runtime.sampler import Sampler
-from lpu_runtime.types import SamplingParams
+from lpu_runtime.types import GrammarSpec, SamplingParams
 
 VOCAB = 259
 
@@ -158,3 +161,80 @@ def test_invalid_inputs_are_rejected() -> None:
         sampler.sample(np.array([0.0, np.nan, 0.0, 0.0], dtype=np.float32))
     with pytest.raises(ValueError, match="every token"):
         Sampler(SamplingParams(seed=0), 2, banned_ids=frozenset({0, 1})).sample(np.zeros(2, dtype=np.float32))
+
+
+def test_a_vanishing_temperature_is_greedy_not_nan() -> None:
+    logits = np.random.default_rng(0).standard_normal(64).astype(np.float32) * 8
+    for temperature in (1e-307, 5e-324):
+        sampler = Sampler(SamplingParams(temperature=temperature, seed=1), 64)
+        assert [sampler.sample(logits) for _ in range(5)] == [int(np.argmax(logits))] * 5
+
+
+def test_logit_bias_bans_and_forces_tokens() -> None:
+    logits = _random_logits(3, 16)
+    best = int(np.argmax(logits))
+    banned = Sampler(SamplingParams(temperature=0, logit_bias=((best, -100.0),)), 16)
+    assert banned.sample(logits) != best
+    forced = Sampler(SamplingParams(seed=0, logit_bias=((5, 100.0),)), 16)
+    assert _draws(forced, logits, 20) == [5] * 20
+
+
+def test_min_tokens_refuses_eos_and_stop_token_ids_until_reached() -> None:
+    logits = np.zeros(8, dtype=np.float32)
+    logits[[0, 1]] = 10.0  # EOS (0) and a stop token id (1) are by far the likeliest
+    params = SamplingParams(temperature=0, min_tokens=3, stop_token_ids=(1,))
+    sampler = Sampler(params, 8, eos_ids=(0,))
+    assert [sampler.sample(logits) for _ in range(4)] == [2, 2, 2, 0]
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_seen_logits() -> None:
+    logits = np.array([2.0, 1.5, -1.0, 0.5], dtype=np.float32)
+    sampler = Sampler(SamplingParams(temperature=0, repetition_penalty=2.0, logprobs=4), 4, prompt_ids=(2,))
+    # the prompt's token 2 is penalised from the start, the output's token 0 once generated (not again after)
+    for expected_token, processed in (
+        (0, [2.0, 1.5, -2.0, 0.5]),
+        (1, [1.0, 1.5, -2.0, 0.5]),
+        (0, [1.0, 0.75, -2.0, 0.5]),
+    ):
+        assert sampler.sample(logits) == expected_token
+        assert sampler.logprob is not None
+        assert dict(sampler.logprob.top) == pytest.approx(
+            dict(enumerate(np.log(_softmax(np.array(processed)))))
+        )
+
+
+def test_logprobs_are_those_of_the_distribution_drawn_from() -> None:
+    logits = _random_logits(4, 32)
+    sampler = Sampler(SamplingParams(seed=2, top_k=3, logprobs=5), 32)
+    token = sampler.sample(logits)
+    entry = sampler.logprob
+    assert entry is not None and entry.token_id == token
+    kept = np.sort(np.argsort(-logits)[:3])
+    assert sorted(t for t, _ in entry.top) == kept.tolist()  # only what top-k could draw, however many asked
+    assert sum(np.exp(lp) for _, lp in entry.top) == pytest.approx(1.0)
+    assert dict(entry.top)[token] == entry.logprob
+    assert [lp for _, lp in entry.top] == sorted((lp for _, lp in entry.top), reverse=True)
+
+
+def test_a_grammar_masks_every_token_it_does_not_allow() -> None:
+    vocab = GrammarVocab((*(bytes([i]) for i in range(256)), b""), (256,))
+    ok = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    spec = GrammarSpec("json_schema", json.dumps({**ok, "additionalProperties": False}))
+    compiler = GrammarCompiler(vocab)
+    for seed in range(4):
+        sampler = Sampler(
+            SamplingParams(seed=seed, min_tokens=2), 257, eos_ids=(256,), grammar=compiler.matcher(spec)
+        )
+        text = b""
+        while (token := sampler.sample(_random_logits(seed + len(text), 257))) != 256:
+            text += bytes([token])
+        assert json.loads(text) in ({"ok": True}, {"ok": False})
+
+
+def test_min_tokens_gives_way_to_a_grammar_that_allows_only_eos() -> None:
+    vocab = GrammarVocab((b"{", b"}", b""), (2,))
+    matcher = GrammarCompiler(vocab).matcher(
+        GrammarSpec("json_schema", '{"type": "object", "maxProperties": 0}')
+    )
+    sampler = Sampler(SamplingParams(temperature=0, min_tokens=5), 3, eos_ids=(2,), grammar=matcher)
+    assert [sampler.sample(np.zeros(3, dtype=np.float32)) for _ in range(3)] == [0, 1, 2]

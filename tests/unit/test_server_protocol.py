@@ -73,17 +73,8 @@ def test_out_of_range_values_name_their_field(field: str, value: Any) -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("n", 2),
-        ("logprobs", True),
-        ("top_logprobs", 3),
-        ("tools", [{"type": "function", "function": {"name": "f"}}]),
-        ("tool_choice", "auto"),
         ("functions", [{"name": "f"}]),
         ("function_call", "auto"),
-        ("response_format", {"type": "json_object"}),
-        ("response_format", {"type": "json_schema", "json_schema": {"name": "x"}}),
-        ("logit_bias", {"50": 10}),
-        ("parallel_tool_calls", True),
         ("audio", {"voice": "alloy", "format": "wav"}),
         ("modalities", ["text", "audio"]),
     ],
@@ -100,34 +91,131 @@ def test_chat_rejects_unsupported_parameters_by_name(field: str, value: Any) -> 
     [
         ("n", 1),
         ("logprobs", False),
-        ("top_logprobs", 0),
         ("tools", []),
         ("tool_choice", "none"),
         ("response_format", {"type": "text"}),
         ("logit_bias", {}),
         ("modalities", ["text"]),
-        ("stream_options", {"include_usage": True}),
+        ("function_call", "none"),
     ],
 )
 def test_chat_accepts_the_no_op_values_of_unsupported_parameters(field: str, value: Any) -> None:
     chat(**{field: value}).sampling_params()
 
 
+WEATHER = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+
+
+def test_the_new_chat_parameters_reach_sampling_params() -> None:
+    params = chat(
+        n=3, logprobs=True, top_logprobs=4, logit_bias={"7": -100, "9": 2.5}, min_tokens=2,
+        repetition_penalty=1.3, max_tokens=5,
+    ).sampling_params()  # fmt: skip
+    assert params.logprobs == 4 and params.logit_bias == ((7, -100), (9, 2.5))
+    assert (params.min_tokens, params.repetition_penalty) == (2, 1.3)
+    assert chat(logprobs=True).sampling_params().logprobs == 0  # the sampled token's, no alternatives
+    assert chat().sampling_params().logprobs is None
+    assert chat(n=3).n_choices == 3 and chat().n_choices == 1
+
+
+def test_tool_requests_are_served() -> None:
+    request = chat(tools=[WEATHER], tool_choice="required", parallel_tool_calls=False)
+    request.sampling_params()
+    assert request.tool_names == ["weather"] and request.tool_calling
+    assert not chat(tools=[WEATHER], tool_choice="none").tool_calling
+    named = {"type": "function", "function": {"name": "weather"}}
+    chat(tools=[WEATHER], tool_choice=named).sampling_params()
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"top_logprobs": 3}, "top_logprobs"),  # without logprobs
+        ({"logit_bias": {"five": 1}}, "logit_bias"),
+        ({"logit_bias": {"5": 101}}, "logit_bias"),
+        ({"logit_bias": {"5": -100.5}}, "logit_bias"),
+        ({"min_tokens": 9, "max_tokens": 4}, "min_tokens"),
+        ({"min_tokens": -1}, "min_tokens"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"tool_choice": "required"}, "tool_choice"),  # without tools
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "other"}}},
+            "tool_choice",
+        ),
+        ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream
+        ({"messages": [{"role": "user", "content": "x", "name": "ann"}]}, "messages.0.name"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.tool_call_id"),
+    ],
+)
+def test_invalid_values_of_the_served_parameters_name_their_field(fields: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        chat(**fields).sampling_params()
+    assert info.value.param == param
+
+
+@pytest.mark.parametrize(
+    ("fields", "loc"),
+    [
+        ({"n": 0}, ("n",)),
+        ({"n": 129}, ("n",)),
+        ({"top_logprobs": 21, "logprobs": True}, ("top_logprobs",)),
+        ({"logprobs": "some"}, ("logprobs",)),
+        ({"parallel_tool_calls": "sometimes"}, ("parallel_tool_calls",)),
+        ({"tools": [{"type": "function"}]}, ("tools", 0, "function")),
+        (
+            {"tools": [{"type": "function", "function": {"name": "two words"}}]},
+            ("tools", 0, "function", "name"),
+        ),
+        ({"tool_choice": "always"}, ("tool_choice",)),
+        ({"response_format": {"type": "yaml"}}, ("response_format", "type")),
+        ({"logit_bias": {"5": "high"}}, ("logit_bias", "5")),
+    ],
+)
+def test_bad_shapes_of_the_served_parameters_fail_validation_at_the_field(
+    fields: dict[str, Any], loc: tuple[str | int, ...]
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        chat(**fields)
+    assert info.value.errors()[0]["loc"][: len(loc)] == loc
+
+
+def test_completion_parameters_reach_sampling_params() -> None:
+    request = completion(n=2, logprobs=3, logit_bias={"1": -100})
+    params = request.sampling_params()
+    assert request.n_choices == 2 and params.logprobs == 3 and params.logit_bias == ((1, -100),)
+    echo = completion(echo=True)
+    echo.sampling_params()
+    assert echo.echo
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("n", 3),
-        ("logprobs", 2),
         ("best_of", 2),
-        ("echo", True),
         ("suffix", "end"),
-        ("logit_bias", {"1": -100}),
+        ("logit_bias", {"1": -101}),
+        ("logit_bias", {"x": 1}),
     ],
 )
-def test_completions_reject_unsupported_parameters_by_name(field: str, value: Any) -> None:
+def test_completions_reject_unsupported_or_invalid_parameters_by_name(field: str, value: Any) -> None:
     with pytest.raises(InvalidRequestError) as info:
         completion(**{field: value}).sampling_params()
     assert info.value.param == field
+
+
+def test_completion_echo_with_logprobs_is_refused_as_logprobs() -> None:
+    # the prompt's logprobs would need the logits of every prompt position
+    with pytest.raises(InvalidRequestError) as info:
+        completion(echo=True, logprobs=1).sampling_params()
+    assert info.value.param == "logprobs"
+
+
+@pytest.mark.parametrize(("field", "value"), [("n", 0), ("n", 129), ("logprobs", 6), ("logprobs", -1)])
+def test_completion_ranges_fail_validation_at_the_field(field: str, value: Any) -> None:
+    with pytest.raises(ValidationError) as info:
+        completion(**{field: value})
+    assert info.value.errors()[0]["loc"] == (field,)
 
 
 def test_unknown_fields_are_ignored() -> None:
@@ -184,14 +272,37 @@ def test_user_message_without_content_is_rejected() -> None:
     assert info.value.param == "messages.0.content"
 
 
-def test_tool_calls_in_history_are_rejected() -> None:
-    messages = [*MESSAGES, {"role": "assistant", "tool_calls": [{"id": "1", "type": "function"}]}]
+def test_tool_calls_and_results_in_history_reach_the_template() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}
+    messages = [
+        *MESSAGES,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "name": "weather", "content": "sunny"},
+    ]
+    request = ChatCompletionRequest.model_validate({"model": "m", "messages": messages})
+    request.sampling_params()
+    assert request.template_messages()[1:] == [
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "sunny", "tool_call_id": "c1", "name": "weather"},
+    ]
+
+
+def test_tool_calls_outside_assistant_messages_are_rejected() -> None:
+    call = {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    messages = [{"role": "user", "content": "x", "tool_calls": [call]}]
     with pytest.raises(InvalidRequestError) as info:
         ChatCompletionRequest.model_validate({"model": "m", "messages": messages}).sampling_params()
-    assert info.value.param == "messages.1.tool_calls"
+    assert info.value.param == "messages.0.tool_calls"
 
 
-@pytest.mark.parametrize("role", ["tool", "function", "robot"])
+def test_an_incomplete_tool_call_in_history_fails_validation_at_the_call() -> None:
+    messages = [*MESSAGES, {"role": "assistant", "tool_calls": [{"id": "1", "type": "function"}]}]
+    with pytest.raises(ValidationError) as info:
+        ChatCompletionRequest.model_validate({"model": "m", "messages": messages})
+    assert info.value.errors()[0]["loc"] == ("messages", 1, "tool_calls", 0, "function")
+
+
+@pytest.mark.parametrize("role", ["function", "robot"])
 def test_unsupported_roles_fail_validation_at_the_role(role: str) -> None:
     with pytest.raises(ValidationError) as info:
         ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": role, "content": "x"}]})

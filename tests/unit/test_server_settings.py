@@ -107,3 +107,10 @@ def test_compile_error_goes_to_stderr_with_status_1(capsys: pytest.CaptureFixtur
     assert main(["compile", "--model", DEMO_MODEL.name, "--chips", "2", "--chip-sram-mb", "1"], env={}) == 1
     captured = capsys.readouterr()
     assert captured.err.startswith("lpu compile: lpu-demo-untrained-13m: ") and captured.out == ""
+
+
+def test_admission_bounds_scale_with_the_running_batch_unless_set() -> None:
+    assert Settings(max_num_seqs=32).admission_bounds() == (64, 32768)  # a burst of two batches
+    assert Settings(max_num_seqs=4).admission_bounds() == (16, 8192)  # never below the floors
+    explicit = Settings(max_num_seqs=32, max_waiting_requests=2, max_waiting_tokens=100)
+    assert explicit.admission_bounds() == (2, 100)

@@ -27,3 +27,18 @@ TINY_HEAD_DIM = ModelConfig(
     vocab_size=259,
     max_context=128,
 )
+# Mixtral's shape family at toy size: 8 experts, top-2, 8 KV heads so that 8 chips hold one expert (and one KV
+# head) each, and two query heads per KV head so that 16 chips can split every expert over two.
+TINY_MOE = ModelConfig(
+    name="test-tiny-moe",
+    dim=64,
+    n_layers=2,
+    n_heads=16,
+    n_kv_heads=8,
+    head_dim=8,
+    ffn_dim=32,
+    vocab_size=259,
+    max_context=128,
+    n_experts=8,
+    n_experts_per_token=2,
+)

@@ -233,6 +233,9 @@ class AsyncEngine:
             if self._failed is not None or self._closing:
                 why = "the server is shutting down" if self._closing else f"the engine failed: {self._failed}"
                 raise EngineDeadError(why)
+            stage_down = self.core.stats().unavailable
+            if stage_down is not None:  # a Ray actor is restarting: fail now rather than queue behind it
+                raise EngineDeadError(f"a pipeline stage is down until it restarts: {stage_down}")
             if request.request_id in self._queues:
                 raise ValueError(f"request id {request.request_id!r} is already running")
             self._queues[request.request_id] = (asyncio.get_running_loop(), outputs)

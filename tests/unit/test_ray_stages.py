@@ -8,10 +8,12 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -147,8 +149,39 @@ def test_lpu_serve_on_ray_answers_as_one_process(cluster: Any, tmp_path: Path) -
             model=DEMO_MODEL.name, prompt="Once upon", max_tokens=12, temperature=0
         )
         assert "plan node 1" in server.log_tail()  # the engine process placed both nodes as actors
+
+        # a node's actor dies between requests: the next request fails with an OpenAI-shaped error (its step
+        # ran on a restarted actor's empty KV cache, or on none), counted as an error; the server serves again
+        # once Ray has restarted the actor, with the same answer
+        actors = node_actor_pids()
+        assert len(actors) == 2, actors
+        os.kill(actors[-1], signal.SIGKILL)
+        with pytest.raises(openai.APIStatusError) as failed:  # (the SDK would retry it: not here)
+            client.with_options(max_retries=0).completions.create(
+                model=DEMO_MODEL.name, prompt="Once upon", max_tokens=12, temperature=0
+            )
+        assert failed.value.status_code in (500, 503)
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{server.base_url}/health", timeout=5).status_code != 200:
+            assert time.monotonic() < deadline, server.log_tail()
+            time.sleep(0.2)
+        assert server.scrape()[("lpu_requests_finished_total", frozenset({("finish_reason", "error")}))] >= 1
+        again = client.completions.create(
+            model=DEMO_MODEL.name, prompt="Once upon", max_tokens=12, temperature=0
+        )
+        assert again.choices[0].text == got.choices[0].text
     loaded = load_model(DEMO_MODEL.name)
     plan = compile_model(loaded.config, SystemSpec(CHIPS, chips_per_node=2))
     prompt = tuple(encode_prompt(loaded.tokenizer, "Once upon"))
     local = generate(Engine(plan, PipelineExecutor(plan, loaded.source), ()), {"x": prompt}, 12)
     assert got.choices[0].text == loaded.tokenizer.decode(local["tokens"]["x"])
+
+
+def node_actor_pids() -> list[int]:
+    """The processes Ray runs `NodeActor`s in (Ray titles a worker process after its actor class)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and b"NodeActor" in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+    return sorted(pids)

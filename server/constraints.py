@@ -7,9 +7,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from lpu_runtime import GrammarSpec, InvalidRequestError, check_grammar
+from lpu_runtime import GrammarSpec, InvalidRequestError, check_grammar, json_options
 from server.protocol import ChatCompletionRequest, NamedToolChoice, ResponseFormat
-from server.tools import Function, ToolFormat, detect_format, template_takes_tools
+from server.tools import Function, ToolFormat, detect_format, template_is_chatml, template_takes_tools
 from server.tools.render import native_messages, written_in_messages
 
 ANY_OBJECT = {"type": "object"}  # json_object: OpenAI's JSON mode promises an object
@@ -29,6 +29,16 @@ def response_grammar(fmt: ResponseFormat | None, param: str = "response_format")
     spec = GrammarSpec("json_schema", json.dumps(fmt.json_schema.schema_), lenient=not fmt.json_schema.strict)
     check_grammar(spec, f"{param}.json_schema.schema")
     return spec
+
+
+def answer_schema(fmt: ResponseFormat | None) -> dict[str, Any] | None:
+    """The response format as a schema to inline in a tool-call grammar (its compile options in its
+    `x-guidance` key), or None for free text. The format has been checked by response_grammar."""
+    spec = response_grammar(fmt)
+    if spec is None:
+        return None
+    schema: dict[str, Any] = json.loads(spec.source)
+    return {"x-guidance": json_options(spec.lenient), **schema}
 
 
 def functions_of(body: ChatCompletionRequest) -> list[Function]:
@@ -62,14 +72,19 @@ def plan_chat(body: ChatCompletionRequest, template: str | None) -> ChatPlan:
     if native:
         messages, template_tools = native_messages(messages), tools
     else:
-        messages, template_tools = written_in_messages(messages, tools), None
+        messages, template_tools = written_in_messages(messages, tools, template_is_chatml(template)), None
     if not body.tool_calling:
         return ChatPlan(messages, template_tools, None, None, response_grammar(body.response_format))
     tool_format = detect_format(template)
     parallel = body.parallel_tool_calls is not False
     choice = body.tool_choice
     grammar = None
-    if choice == "required":
+    answer = answer_schema(body.response_format)
+    if choice in (None, "auto") and answer is not None:
+        # the model may call tools or answer, and its answer keeps to the format (an agent with an output
+        # type and tools asks for both on every turn)
+        grammar = tool_format.grammar(functions, parallel, answer)
+    elif choice == "required":
         grammar = tool_format.grammar(functions, parallel)
     elif isinstance(choice, NamedToolChoice):
         named = [f for f in functions if f.name == choice.function.name]

@@ -213,8 +213,6 @@ class ChatCompletionRequest(_SamplingFields):
             raise InvalidRequestError(
                 "tool_choice", f"tool_choice names {choice.function.name!r}, which is not among the tools"
             )
-        if self.tool_calling and self.response_format is not None and self.response_format.type != "text":
-            raise InvalidRequestError("response_format", "response_format cannot be combined with tool calls")
         for i, message in enumerate(self.messages):
             _reject_if(
                 message.function_call is not None, f"messages.{i}.function_call", "function_call in messages"

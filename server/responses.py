@@ -4,7 +4,7 @@ A request becomes a chat request (instructions as the system message, input item
 as tools, `text.format` as response_format), runs as one, and its output becomes output items: a `message` with
 `output_text`, and a `function_call` per call (streamed: server/response_stream.py). Every input shape is
 declared here, so a malformed one is a 400 naming its field before anything runs, and a chat-side refusal is
-reported under the Responses field it came from. Stored responses (`store`, `previous_response_id`), background
+reported under the Responses field it came from. Stored responses (`store`, `previous_response_id`, `conversation`), background
 runs and built-in tools are not served and are refused by name.
 """
 
@@ -148,6 +148,7 @@ class ResponsesRequest(BaseModel):
     seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)  # extension, as in chat
     store: bool | None = None
     previous_response_id: str | None = None
+    conversation: Any = None
     background: bool | None = None
     reasoning: Any = None
     include: Any = None
@@ -159,6 +160,10 @@ class ResponsesRequest(BaseModel):
             raise InvalidRequestError(
                 "previous_response_id",
                 "stored responses are not supported: send the whole conversation as input",
+            )
+        if self.conversation is not None:
+            raise InvalidRequestError(
+                "conversation", "conversations are not supported: send the whole conversation as input"
             )
         if self.background:
             raise InvalidRequestError("background", "background responses are not supported")

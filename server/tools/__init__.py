@@ -14,6 +14,11 @@ def template_takes_tools(template: str | None) -> bool:
     return template is not None and "tools" in template
 
 
+def template_is_chatml(template: str | None) -> bool:
+    """Whether the template writes ChatML turns (`<|im_start|>role`), which take any role's name."""
+    return template is not None and "<|im_start|>" in template
+
+
 def detect_format(template: str | None) -> ToolFormat:
     """The format a chat template teaches its model. A template that takes no tools gets the Hermes format:
     it is what the server writes into such a prompt (tools/hermes.py)."""
@@ -29,4 +34,4 @@ def detect_format(template: str | None) -> ToolFormat:
     return GENERIC_JSON
 
 
-__all__ = ["FORMATS", "Function", "ToolFormat", "detect_format", "template_takes_tools"]
+__all__ = ["FORMATS", "Function", "ToolFormat", "detect_format", "template_is_chatml", "template_takes_tools"]

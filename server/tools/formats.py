@@ -51,12 +51,23 @@ def lark_json(schema: dict[str, Any]) -> str:
     return "%json " + json.dumps(schema)
 
 
+def start_rule(calls: str, answer: dict[str, Any] | None) -> str:
+    """The grammar's start: the calls, or (when `answer` is a JSON Schema) either the calls or an answer
+    that follows it."""
+    if answer is None:
+        return f"start: {calls}\n"
+    return f"start: {calls} | answer\nanswer: {lark_json(answer)}\n"
+
+
 class ToolFormat(Protocol):
     @property
     def name(self) -> str: ...
 
     def parser(self, tool_names: Collection[str]) -> ToolCallParser: ...
 
-    def grammar(self, functions: Sequence[Function], parallel: bool) -> GrammarSpec:
-        """Forces at least one call (exactly one unless `parallel`) of one of `functions`."""
+    def grammar(
+        self, functions: Sequence[Function], parallel: bool, answer: dict[str, Any] | None = None
+    ) -> GrammarSpec:
+        """Forces at least one call (exactly one unless `parallel`) of one of `functions`, or, when `answer`
+        is a JSON Schema, either that or an answer following it."""
         ...

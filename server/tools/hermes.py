@@ -2,17 +2,18 @@
 
 It is also the format written into the prompt of a model whose chat template takes no tools (SmolLM2's): the
 tools and the instructions Hermes-2-Pro's template gives, earlier calls as tagged text, results as
-`<tool_response>` user turns.
+`<tool_response>` text (in which turn: server/tools/render.py).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Collection, Sequence
+from typing import Any
 
 from lpu_runtime import GrammarSpec
 from server.tools.calls import Parsed, PartialCall, read_call
-from server.tools.formats import Function, call_schema, lark_json
+from server.tools.formats import Function, call_schema, lark_json, start_rule
 from server.tools.jsonscan import Malformed, skip_ws
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -64,12 +65,14 @@ class Hermes:
     def parser(self, tool_names: Collection[str]) -> HermesParser:
         return HermesParser()
 
-    def grammar(self, functions: Sequence[Function], parallel: bool) -> GrammarSpec:
+    def grammar(
+        self, functions: Sequence[Function], parallel: bool, answer: dict[str, Any] | None = None
+    ) -> GrammarSpec:
         repeat = ' ("\\n" call)*' if parallel else ""
         lark = (
-            f"start: call{repeat}\n"
-            f'call: "{OPEN}\\n" obj "\\n{CLOSE}"\n'
-            f"obj: {lark_json(call_schema(functions, 'arguments'))}\n"
+            start_rule(f"call{repeat}", answer)
+            + f'call: "{OPEN}\\n" obj "\\n{CLOSE}"\n'
+            + f"obj: {lark_json(call_schema(functions, 'arguments'))}\n"
         )
         return GrammarSpec("lark", lark)
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from lpu_runtime import GrammarSpec
 from server.tools.calls import JsonCallsParser
-from server.tools.formats import Function, call_schema, lark_json
+from server.tools.formats import Function, call_schema, lark_json, start_rule
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,17 @@ class JsonCallsFormat:
     def parser(self, tool_names: Collection[str]) -> JsonCallsParser:
         return JsonCallsParser(tool_names, self.prefixes, self.sep)
 
-    def grammar(self, functions: Sequence[Function], parallel: bool) -> GrammarSpec:
+    def grammar(
+        self, functions: Sequence[Function], parallel: bool, answer: dict[str, Any] | None = None
+    ) -> GrammarSpec:
         call = lark_json(call_schema(functions, self.arguments_key))
         if self.array:
             more = ' (", " call)*' if parallel else ""
-            return GrammarSpec("lark", f'start: "[" call{more} "]"\ncall: {call}\n')
-        more = ' ("; " call)*' if parallel and self.sep else ""
-        return GrammarSpec("lark", f"start: call{more}\ncall: {call}\n")
+            calls = f'"[" call{more} "]"'
+        else:
+            more = ' ("; " call)*' if parallel and self.sep else ""
+            calls = f"call{more}"
+        return GrammarSpec("lark", f"{start_rule(calls, answer)}call: {call}\n")
 
 
 LLAMA3_JSON = JsonCallsFormat("llama3_json", "parameters", prefixes=("<|python_tag|>",), sep=";")

@@ -3,7 +3,10 @@
 A template that takes tools gets them as transformers passes them: `tools` as the request gave them, each
 assistant call's arguments as an object (templates serialise them with tojson), tool results as `tool`
 messages. A template that takes none (SmolLM2's ChatML) gets the Hermes format written in: the tools and
-instructions in the system message, calls as tagged text in the assistant turns, results as user turns.
+instructions in the system message, calls as tagged text in the assistant turns, results in one turn after
+them: a `tool` turn in a ChatML template, as Hermes 2 Pro writes them (SmolLM2 then answers from the result,
+where after a user turn it repeats the result's tags back), else a user turn (templates such as Gemma's or
+Llama 2's refuse any role but user and assistant).
 """
 
 from __future__ import annotations
@@ -38,13 +41,22 @@ def native_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def written_in_messages(
-    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, chatml: bool
 ) -> list[dict[str, Any]]:
     rendered: list[dict[str, Any]] = []
+    result_role = "tool" if chatml else "user"
+    results: dict[str, Any] | None = None  # the turn the results of the latest calls go into
     for message in messages:
         if message["role"] == "tool":
-            rendered.append({"role": "user", "content": hermes.render_result(message["content"])})
-        elif "tool_calls" in message:
+            result = hermes.render_result(message["content"])
+            if results is None:
+                results = {"role": result_role, "content": result}
+                rendered.append(results)
+            else:
+                results["content"] += "\n" + result  # parallel calls' results: one turn
+            continue
+        results = None
+        if "tool_calls" in message:
             calls = [(c["function"]["name"], c["function"]["arguments"]) for c in message["tool_calls"]]
             text = "\n".join(t for t in (message["content"], hermes.render_calls(calls)) if t)
             rendered.append({"role": "assistant", "content": text})

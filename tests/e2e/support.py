@@ -12,17 +12,33 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel, ConfigDict, Field
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 120.0
 CHIPS = 4
 METRICS_MAX_USERS = 6  # small, so the bounding test can overflow it with a few requests
+
+
+class Color(StrEnum):
+    red = "red"
+    green = "green"
+
+
+class Pick(BaseModel):
+    """The structured output the e2e tests ask for (chat.completions.parse, instructor, LangChain)."""
+
+    # additionalProperties false: a non-strict schema lets the noise model invent properties until max_tokens
+    model_config = ConfigDict(extra="forbid")
+    color: Color
+    count: int = Field(ge=0, le=99)
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -1,36 +1,17 @@
 """`lpu serve` with no --model, as `make run` starts it: SmolLM2-135M-Instruct on 8 chips, from lpu-serve's cache
-(seeded here from the shared copy, with pip pointed at nothing, so a broken cache fails instead of downloading).
-The README's first example, run as written against it, prints the answer the README shows."""
+(seeded from the shared copy, with pip pointed at nothing, so a broken cache fails instead of downloading:
+tests/e2e/conftest.py). The README's first example, run as written against it, prints the answer the README shows."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-from collections.abc import Iterator
 
 import openai
-import pytest
 
-from lpu_runtime.loaders.wheel_models import CACHE_ENV, SMOLLM2, cached_path
-from tests.e2e.support import REPO_ROOT, Server, running_server
-from tests.shared_models import require
+from tests.e2e.support import REPO_ROOT, Server
 
 README_EXAMPLE = re.compile(r"## Talk to it\n.*?```bash\n(curl .*?)```\n\n```text\n(.*?)```", re.S)
-
-
-@pytest.fixture(scope="module")
-def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    gguf = require("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
-    cache = tmp_path_factory.mktemp("lpu-cache")
-    env = {CACHE_ENV: str(cache), "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1"}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(CACHE_ENV, str(cache))
-        target = cached_path(SMOLLM2)
-    target.parent.mkdir(parents=True)
-    target.symlink_to(gguf)  # what the one-time fetch leaves there (tests/unit/test_wheel_models.py)
-    with running_server(tmp_path_factory.mktemp("default"), SMOLLM2.name, ["--chips", "8"], env) as server:
-        yield server
 
 
 def test_the_readme_first_example_prints_the_answer_it_shows(default_server: Server) -> None:

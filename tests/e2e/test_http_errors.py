@@ -60,7 +60,10 @@ def assert_error(response: httpx.Response, status: int, param: str | None = None
             {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 7}}}]},
             "tools.0.function.parameters",
         ),
-        ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format"),
+        (  # tools with a format: its schema is checked as without them
+            {"tools": [WEATHER], "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            "response_format.json_schema",
+        ),
         ({"functions": [{"name": "f"}]}, "functions"),
         ({"function_call": {"name": "f"}}, "function_call"),
         ({"parallel_tool_calls": "sometimes"}, "parallel_tool_calls"),

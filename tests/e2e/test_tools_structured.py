@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-from enum import StrEnum
 from typing import Any
 
 import httpx
@@ -23,22 +22,9 @@ from openai.types.responses import (
     ResponseTextDeltaEvent,
 )
 from openai.types.shared_params import ResponseFormatJSONSchema
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import SecretStr
 
-from tests.e2e.support import Server
-
-
-class Color(StrEnum):
-    red = "red"
-    green = "green"
-
-
-class Pick(BaseModel):
-    # additionalProperties false: a non-strict schema lets the noise model invent properties until max_tokens
-    model_config = ConfigDict(extra="forbid")
-    color: Color
-    count: int = Field(ge=0, le=99)
-
+from tests.e2e.support import Pick, Server
 
 WEATHER_PARAMETERS: dict[str, object] = {
     "type": "object",
@@ -145,6 +131,28 @@ def test_a_tool_round_trip_streamed_and_not(client: openai.OpenAI, server: Serve
         model=server.model, messages=follow_up, tools=[WEATHER], tool_choice="none", max_tokens=5
     )
     assert answer.choices[0].message.content and answer.choices[0].finish_reason == "length"
+
+
+def test_tools_with_a_response_format_give_calls_or_an_answer_that_follows_it(
+    client: openai.OpenAI, server: Server
+) -> None:
+    # what an agent with tools and an output type sends on every turn: the model calls or answers in the format
+    # (which branch is the model's choice: tests/unit/test_tools.py shows the grammar allows both)
+    for seed in range(2):
+        reply = client.chat.completions.parse(
+            model=server.model, messages=ASK, tools=[WEATHER], response_format=Pick, seed=seed,
+            parallel_tool_calls=False, temperature=1.5, max_tokens=120,
+        )  # fmt: skip
+        message = reply.choices[0].message
+        if message.tool_calls:
+            _arguments_ok(message.tool_calls[0].function.arguments)
+        else:
+            assert isinstance(message.parsed, Pick), message.content
+    forced = client.chat.completions.create(
+        model=server.model, messages=ASK, tools=[WEATHER], tool_choice="required", seed=0, max_tokens=120,
+        parallel_tool_calls=False, response_format={"type": "json_object"},
+    )  # fmt: skip
+    assert forced.choices[0].finish_reason == "tool_calls"
 
 
 def test_logprobs_are_the_sampled_distribution(client: openai.OpenAI, server: Server) -> None:

@@ -142,7 +142,6 @@ def test_tool_requests_are_served() -> None:
             {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "other"}}},
             "tool_choice",
         ),
-        ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream
         ({"messages": [{"role": "user", "content": "x", "name": "ann"}]}, "messages.0.name"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.tool_call_id"),

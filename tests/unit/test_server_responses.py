@@ -88,6 +88,7 @@ def test_text_format_becomes_response_format() -> None:
         ({"text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name"),
         ({"store": True}, "store"),
         ({"previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"conversation": "conv_1"}, "conversation"),
         ({"tool_choice": "required"}, "tool_choice"),  # without tools
     ],
 )

@@ -216,6 +216,23 @@ def test_a_forced_call_is_always_one_the_format_parses(name: str, parallel: bool
             ), text
 
 
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_with_an_answer_schema_the_output_is_calls_or_an_answer_that_follows_it(name: str) -> None:
+    fmt = FORMATS[name]
+    answer = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False}  # fmt: skip
+    spec = fmt.grammar(FUNCTIONS, parallel=True, answer=answer)
+    kinds = set()
+    for seed in range(12):
+        text = forced(spec, seed)
+        calls = complete_calls(fmt.parser(["weather", "time"]).parse(text, final=True))
+        if calls:
+            kinds.add("calls")
+        else:
+            assert json.loads(text).keys() == {"ok"}, text
+            kinds.add("answer")
+    assert kinds == {"calls", "answer"}  # random logits take both branches
+
+
 def test_a_named_function_is_the_only_one_forced() -> None:
     spec = LLAMA3.grammar(FUNCTIONS[:1], parallel=False)
     text = forced(spec, 0)
@@ -274,7 +291,7 @@ def test_a_template_without_tools_gets_the_hermes_format_written_in() -> None:
         {"role": "assistant", "content": "", "tool_calls": [CALL]},
         {"role": "tool", "content": "sunny", "tool_call_id": "c1"},
     ]
-    system, user, assistant, result = written_in_messages(messages, TOOLS)
+    system, user, assistant, result = written_in_messages(messages, TOOLS, chatml=False)
     assert system["content"].startswith("Be brief.\n\n") and json.dumps(TOOLS[0]) in system["content"]
     assert user == messages[1]
     assert assistant == {
@@ -282,4 +299,20 @@ def test_a_template_without_tools_gets_the_hermes_format_written_in() -> None:
         "content": '<tool_call>\n{"name": "weather", "arguments": {"d": 1}}\n</tool_call>',
     }
     assert result == {"role": "user", "content": "<tool_response>\nsunny\n</tool_response>"}
-    assert written_in_messages(messages[1:2], TOOLS)[0]["role"] == "system"  # a system message of its own
+    assert written_in_messages(messages[1:2], TOOLS, chatml=False)[0]["role"] == "system"  # one of its own
+
+
+def test_in_chatml_the_results_of_parallel_calls_are_one_tool_turn() -> None:
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [CALL, {**CALL, "id": "c2"}]},
+        {"role": "tool", "content": "sunny", "tool_call_id": "c1"},
+        {"role": "tool", "content": "rain", "tool_call_id": "c2"},
+        {"role": "user", "content": "And?"},
+    ]
+    rendered = written_in_messages(messages, TOOLS, chatml=True)
+    assert [m["role"] for m in rendered] == ["system", "user", "assistant", "tool", "user"]
+    assert (
+        rendered[3]["content"]
+        == "<tool_response>\nsunny\n</tool_response>\n<tool_response>\nrain\n</tool_response>"
+    )

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 Deliver = Callable[[list[EngineCoreOutput]], None]
 Failed = Callable[[str], None]  # the loop died: why
+STATS_EVERY_S = 0.05  # the engine process's stats reach the server at least this fresh while it steps
 READY_TIMEOUT_S = 3600.0  # loading a large model's weights into the emulated chips takes minutes
 
 
@@ -70,7 +71,7 @@ class InprocCoreClient:
         self._thread = threading.Thread(target=run, name="lpu-engine", daemon=True)
         self._thread.start()
 
-    def _emit(self, outputs: list[EngineCoreOutput], stats: EngineStats) -> None:
+    def _emit(self, outputs: list[EngineCoreOutput], stats: EngineStats | None) -> None:
         if self._deliver is not None and outputs:
             self._deliver(outputs)
 
@@ -140,7 +141,8 @@ class ProcessCoreClient:
                 while True:
                     kind, payload, *rest = self._conn.recv()
                     if kind == "outputs":
-                        self._stats = rest[0]
+                        if rest[0] is not None:
+                            self._stats = rest[0]
                         deliver(payload)
                     elif kind == "failed":
                         failed(payload)
@@ -211,7 +213,9 @@ def engine_process_main(spec: EngineProcessSpec, conn: Connection) -> None:
         len(spec.plan.stages),
         executor.stages.backend_name,
     )
-    core = EngineCore(engine, lambda outputs, stats: send(("outputs", outputs, stats)))
+    core = EngineCore(
+        engine, lambda outputs, stats: send(("outputs", outputs, stats)), stats_every_s=STATS_EVERY_S
+    )
 
     def read() -> None:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,13 +32,18 @@ class AbortRequest:
 
 CoreMessage = AddRequest | AbortRequest
 RECOVER_POLL_S = 2.0  # seconds between readiness probes of a failed stage
-Emit = Callable[[list[EngineCoreOutput], EngineStats], None]
+Emit = Callable[[list[EngineCoreOutput], EngineStats | None], None]  # stats None: unchanged enough to skip
 
 
 class EngineCore:
-    def __init__(self, engine: Engine, emit: Emit) -> None:
+    def __init__(self, engine: Engine, emit: Emit, stats_every_s: float = 0.0) -> None:
+        """stats_every_s: between steps, the engine's stats go with the outputs at most this often (they cost
+        a few percent of a small model's step to build and pickle); always when a request ends or a stage is
+        down, so gauges and /health never miss a change of state."""
         self.engine = engine
         self.emit = emit
+        self.stats_every_s = stats_every_s
+        self._stats_due = 0.0  # time.monotonic() after which a step's outputs carry stats
         self._inbox: queue.SimpleQueue[CoreMessage] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -63,9 +69,16 @@ class EngineCore:
                 self._wake.clear()
                 continue
             outputs = engine.step()
-            self.emit(outputs, engine.stats())
+            self.emit(outputs, self._stats_for(outputs))
             if engine.unavailable is not None:
                 self._recover()
+
+    def _stats_for(self, outputs: list[EngineCoreOutput]) -> EngineStats | None:
+        now = time.monotonic()
+        if now < self._stats_due and self.engine.unavailable is None and not any(o.finished for o in outputs):
+            return None
+        self._stats_due = now + self.stats_every_s
+        return self.engine.stats()
 
     def _recover(self) -> None:
         """Waits for a failed stage to come back; requests that arrive meanwhile fail at once, not hang."""

@@ -168,7 +168,7 @@ class AsyncEngine:
 
     def is_healthy(self) -> bool:
         # unavailable: a pipeline stage elsewhere (a Ray actor) is down until it restarts
-        return self._failed is None and not self._closing and self.core.stats().unavailable is None
+        return self._failed is None and not self._closing and self.core.unavailable() is None
 
     # -- what the server asks ----------------------------------------------------------------------------
 
@@ -233,7 +233,7 @@ class AsyncEngine:
             if self._failed is not None or self._closing:
                 why = "the server is shutting down" if self._closing else f"the engine failed: {self._failed}"
                 raise EngineDeadError(why)
-            stage_down = self.core.stats().unavailable
+            stage_down = self.core.unavailable()
             if stage_down is not None:  # a Ray actor is restarting: fail now rather than queue behind it
                 raise EngineDeadError(f"a pipeline stage is down until it restarts: {stage_down}")
             if request.request_id in self._queues:

@@ -46,6 +46,10 @@ class CoreClient(Protocol):
 
     def stats(self) -> EngineStats: ...
 
+    def unavailable(self) -> str | None:
+        """Why a pipeline stage is down (a Ray actor restarting), or None: asked on every request, so cheap."""
+        ...
+
     def shutdown(self) -> None: ...
 
 
@@ -80,6 +84,9 @@ class InprocCoreClient:
 
     def stats(self) -> EngineStats:
         return self.engine.stats()
+
+    def unavailable(self) -> str | None:
+        return self.engine.unavailable
 
     def shutdown(self) -> None:
         self._core.stop()
@@ -162,6 +169,9 @@ class ProcessCoreClient:
                 self._conn.send(message)
         except (OSError, ValueError) as exc:  # the child is gone; the reader reports why to every request
             raise EngineDeadError(f"the engine process is gone (status {self._process.exitcode})") from exc
+
+    def unavailable(self) -> str | None:
+        return self.stats().unavailable  # the latest stats the child sent: no work here
 
     def stats(self) -> EngineStats:
         assert self._stats is not None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from lpu_runtime.engine import Engine
@@ -84,31 +84,30 @@ class EngineCore:
         """Waits for a failed stage to come back; requests that arrive meanwhile fail at once, not hang."""
         engine = self.engine
         while not self._stop.is_set() and not engine.recover(timeout_s=RECOVER_POLL_S):
-            failed = []
-            while True:
-                try:
-                    message = self._inbox.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(message, AddRequest):
-                    failed.append(
-                        engine.fail(
-                            message.request.request_id, StageUnavailableError(engine.unavailable or "")
-                        )
-                    )
+            down = StageUnavailableError(engine.unavailable or "")
+            failed = [
+                engine.fail(message.request.request_id, down)
+                for message in self._pending()
+                if isinstance(message, AddRequest)  # an abort: its request already failed with the stage
+            ]
             self.emit(failed, engine.stats())
         self.emit([], engine.stats())
 
-    def _drain_inbox(self) -> list[EngineCoreOutput]:
-        aborted: list[EngineCoreOutput] = []
+    def _pending(self) -> Iterator[CoreMessage]:
+        """The inbox's messages, until it is empty."""
         while True:
             try:
-                message = self._inbox.get_nowait()
+                yield self._inbox.get_nowait()
             except queue.Empty:
-                return aborted
+                return
+
+    def _drain_inbox(self) -> list[EngineCoreOutput]:
+        aborted: list[EngineCoreOutput] = []
+        for message in self._pending():
             if isinstance(message, AddRequest):
                 self.engine.add(self.engine.make_sequence(message.request, message.max_tokens))
             else:
                 out = self.engine.abort(message.request_id)
                 if out is not None:
                     aborted.append(out)
+        return aborted

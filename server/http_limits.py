@@ -3,7 +3,8 @@
 uvicorn has neither a header nor a body read timeout: a client that sends half a request keeps its connection,
 and its file descriptor, for ever. `header_timeout_protocol` closes a connection whose request headers are not
 complete in time (counted from the connection or from the first byte of a keep-alive request).
-`RequestBodyLimits` reads the body before the app sees it: bodies over the size limit get 413 (at once when
+`answer_overload_as_openai` makes uvicorn's refusal past `--max-connections` an OpenAI-shaped 503 rather than
+its plain text. `RequestBodyLimits` reads the body before the app sees it: bodies over the size limit get 413 (at once when
 Content-Length says so), bodies not complete in time get 408, both closing the connection since the rest of
 the body is never read; then each `check` may refuse the body with a 400 before it is parsed again by the app.
 """
@@ -15,13 +16,28 @@ from asyncio import TimerHandle, Transport
 from collections.abc import Callable, Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from server.errors import INVALID_REQUEST, error_response
+from server.errors import INVALID_REQUEST, error_response, unavailable
 from server.protocol import ErrorDetail
 
 BodyCheck = Callable[[bytes], ErrorDetail | None]  # None: the body is fine
 _CLOSE = {"Connection": "close"}
+
+
+async def _over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
+    refusal = unavailable("The server has too many connections open; retry shortly.", "server_overloaded")
+    await error_response(refusal.status_code, refusal.detail, {**refusal.headers, **_CLOSE})(
+        scope, receive, send
+    )
+
+
+def answer_overload_as_openai() -> None:
+    """uvicorn serves its module-level `service_unavailable` app to a request that arrives past its
+    concurrency limit; that app is the one hook it has for the answer, so it is replaced here, once, before
+    the server starts."""
+    setattr(httptools_impl, "service_unavailable", _over_capacity)  # noqa: B010 (not a public, typed name)
 
 
 def header_timeout_protocol(timeout_s: float) -> type[HttpToolsProtocol]:

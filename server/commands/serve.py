@@ -14,7 +14,7 @@ from lpu_runtime import MODEL_PRESETS, LpuError, can_serve, check_model
 from server.app import create_app
 from server.commands.base import Command
 from server.drain import DrainingServer
-from server.http_limits import header_timeout_protocol
+from server.http_limits import answer_overload_as_openai, header_timeout_protocol
 from server.settings import ALL_OPTIONS, Settings, add_options
 from server.state import AppState
 
@@ -55,6 +55,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     app = create_app(settings)
     state: AppState = app.state.lpu
+    answer_overload_as_openai()
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -27,7 +27,7 @@ def bounded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "--model", DEMO_MODEL.name, "--max-num-seqs", "2", "--max-waiting-requests", "2",
         "--api-keys", ",".join(f"{name}={key}" for name, key in KEYS.items()),
         "--key-max-concurrency", "1", "--key-tokens-per-minute", "120",
-        "--header-timeout", "1", "--body-timeout", "1", "--max-body-mb", "1",
+        "--header-timeout", "1", "--body-timeout", "1", "--max-body-mb", "1", "--max-connections", "16",
     ]  # fmt: skip
     with running_server(tmp_path_factory.mktemp("bounded"), DEMO_MODEL.name, extra) as running:
         yield running
@@ -130,6 +130,17 @@ def test_clients_that_never_finish_their_headers_are_cut_off(bounded: Server) ->
     assert all(closed_within(sock, 5) == b"" for sock in sockets)
     assert time.monotonic() - start < 4
     assert httpx.get(f"{bounded.base_url}/health", timeout=5).status_code == 200
+
+
+def test_a_request_past_the_connection_limit_gets_an_openai_shaped_503(bounded: Server) -> None:
+    idle = [connect(bounded) for _ in range(16)]  # each counts from its connect, until the header timeout
+    try:
+        response = httpx.get(f"{bounded.base_url}/v1/models", timeout=5)
+    finally:
+        for sock in idle:
+            sock.close()
+    assert response.status_code == 503 and response.json()["error"]["code"] == "server_overloaded"
+    assert int(response.headers["retry-after"]) >= 1
 
 
 def test_a_body_that_does_not_arrive_in_time_gets_408(bounded: Server) -> None:

@@ -164,8 +164,6 @@ class RemoteChip:
 class RayStages:
     """A `StageRunner` (executor.py) whose stages run in one actor per plan node, placed on a Ray cluster."""
 
-    backend_name = "ray"
-
     def __init__(self, plan: Plan, source: CheckpointSource, address: str | None = None) -> None:
         if not ray.is_initialized():
             # address None: RAY_ADDRESS if set, else a one-node cluster on this machine
@@ -201,6 +199,7 @@ class RayStages:
             )
             self.actors.append(options.remote(plan, stages, source))
         self.placement = self._wait_loaded()
+        self.backend_name = self.placement[0]["kernels"]  # the kernels the actors run, as in one process
         self._chips = [
             RemoteChip(c, plan.system.chip, plan.chips[c]) for stage in plan.stages for c in stage.chips
         ]

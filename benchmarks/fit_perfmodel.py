@@ -1,7 +1,7 @@
 """Re-fits the performance model's free parameters to published speeds and predicts the held-out ones.
 
 The table of published figures, each with its source and deployment, is docs/published-speeds.yaml; rows
-marked `fit` (at most half of each side) fix the LPU's per-op latency and weight-stream efficiency and the
+marked `fit` (at most half of each side) fix the LPU's per-op and per-hop latencies and the
 GPU's HBM efficiency and kernel latency; every row is then timed with the defaults in config.py and
 hardware.py (the layouts compiled afresh, at the planner's default settings) and its error stated.
 

@@ -1,16 +1,16 @@
 """The performance model's free parameters, fitted to published speeds (docs/published-speeds.yaml).
 
-Four parameters are not measurements of the silicon: the LPU's per-op latency `L_op` and weight-stream
-efficiency `e` (`ChipSpec`), the GPU's HBM efficiency and kernel latency (`GpuSpec`). `fit` chooses them by
-least squares on log speed over the rows marked `role: fit` (at most half of them); `predictions` then
-times every row with the defaults at the planner's default settings and states each error. The defaults in
-config.py and hardware.py are what `fit` returns (tests/unit/test_calibration.py re-runs it).
+Four parameters are not measurements of the silicon: the LPU's per-op latency `L_op` and per-hop latency
+`t_hop` (`ChipSpec`), the GPU's HBM efficiency and kernel latency (`GpuSpec`). `fit` chooses them by least
+squares on log speed over the rows marked `role: fit` (at most half of them); `predictions` then times every
+row with the defaults at the planner's default settings and states each error. The defaults in config.py
+and hardware.py are what `fit` returns (tests/unit/test_calibration.py re-runs it).
 
-Speeds are per user at batch 1, where a step is one chain of dependent ops: on a compiled layout every op
-costs `L_op` plus a part that depends on `e` only, so a step's cycles are `N x L_op + C(e)` with N the ops
-on its path. The fit compiles each layout once (at the defaults), finds N and C(e) from the planner's own
-functions, and searches e, solving L_op in closed form for each; the layouts are then re-checked with the
-result by `predictions`, which compiles everything afresh.
+Speeds are per user at batch 1, where a step is one chain of dependent ops and transfers: on a compiled
+layout every op costs `L_op` plus a part that does not depend on it, so a step's cycles are
+`N x L_op + C(t_hop)` with N the ops on its path. The compiler lays models out by the same costs, so the fit
+compiles the layouts afresh at each t_hop of a grid, solves L_op on each, refines t_hop around the best on its
+layouts, and `predictions` re-checks every row with the result, compiling everything afresh.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ PUBLISHED = DOCS / "published-speeds.yaml"
 PERFMODEL_DOC = DOCS / "perfmodel.md"  # holds the predictions table between TABLE_BEGIN and TABLE_END
 TOLERANCE = 0.01  # relative: how close the re-run fit must come to the defaults (its search's resolution)
 # Search ranges of the fitted parameters (log-spaced grids, refined around the best).
-EFFICIENCY_RANGE = (0.01, 1.0)  # fraction of SRAM or HBM bandwidth
+EFFICIENCY_RANGE = (0.01, 1.0)  # fraction of HBM bandwidth
 KERNEL_LATENCY_RANGE = (0.0, 20e-6)  # s
+HOP_GRID = (0.0, 1_000.0, 2_000.0, 3_000.0, 4_000.0, 6_000.0)  # ns: t_hop values laid out afresh
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def load_published(path: Path = PUBLISHED) -> list[PublishedSpeed]:
 @dataclass(frozen=True)
 class FittedParameters:
     op_latency_cycles: int  # L_op, cycles of the chip's clock
-    weight_stream_efficiency: float  # e
+    hop_latency_ns: float  # t_hop, ns
     hbm_efficiency: float
     kernel_latency_s: float
 
@@ -95,7 +96,7 @@ def defaults() -> FittedParameters:
     """The values config.py and hardware.py carry."""
     chip, gpu = ChipSpec(), GpuSpec()
     return FittedParameters(
-        chip.op_latency_cycles, chip.weight_stream_efficiency, gpu.hbm_efficiency, gpu.kernel_latency_s
+        chip.op_latency_cycles, chip.hop_latency_ns, gpu.hbm_efficiency, gpu.kernel_latency_s
     )
 
 
@@ -142,6 +143,12 @@ class Prediction:
         """Relative error against the published figure."""
         return self.tokens_per_s / self.row.published - 1
 
+    @property
+    def range_error(self) -> float:
+        """Relative distance from the published range (0 inside it): what the sources disagree on is no error."""
+        low, high = self.row.low, self.row.high
+        return min(0.0, self.tokens_per_s / low - 1) + max(0.0, self.tokens_per_s / high - 1)
+
 
 def predictions(rows: Sequence[PublishedSpeed]) -> list[Prediction]:
     return [Prediction(row, predicted(row)) for row in rows]
@@ -170,50 +177,61 @@ def _golden(f: Callable[[float], float], lo: float, hi: float, log: bool, steps:
 
 @dataclass(frozen=True)
 class _Chain:
-    """A batch-1 decode token on one compiled layout: cycles = ops x L_op + rest(e)."""
+    """A batch-1 decode token on one compiled layout: cycles = ops x L_op + rest(t_hop)."""
 
     row: PublishedSpeed
     layout: Plan
     ctx: int
     ops: int
 
-    def rest(self, efficiency: float) -> int:
-        return self.cycles(0, efficiency)
+    def rest(self, hop_ns: float) -> int:
+        return self.cycles(0, hop_ns)
 
-    def cycles(self, op_latency: int, efficiency: float) -> int:
+    def cycles(self, op_latency: int, hop_ns: float) -> int:
         chip = dataclasses.replace(
-            self.layout.system.chip, op_latency_cycles=op_latency, weight_stream_efficiency=efficiency
+            self.layout.system.chip, op_latency_cycles=op_latency, hop_latency_ns=hop_ns
         )
         plan = dataclasses.replace(self.layout, system=dataclasses.replace(self.layout.system, chip=chip))
         return pipelined_token_cycles(plan, 1, self.ctx)
 
 
-def _chain(row: PublishedSpeed) -> _Chain:
-    request = row.request(lpu_hardware(row))
+def _chain(row: PublishedSpeed, hop_ns: float | None = None) -> _Chain:
+    """The row's layout as `lpu plan` compiles it (with t_hop = hop_ns, default the chip's own)."""
+    hw = chip_hardware(row.hardware)
+    chip = hw.chip if hop_ns is None else dataclasses.replace(hw.chip, hop_latency_ns=hop_ns)
+    request = row.request(lpu_hardware(row, chip))
     layout = _planned(request).plan
     probe = _Chain(row, layout, (request.prompt + request.context) // 2, 0)
-    e = layout.system.chip.weight_stream_efficiency
-    return dataclasses.replace(probe, ops=probe.cycles(1, e) - probe.cycles(0, e))
+    hop = layout.system.chip.hop_latency_ns
+    return dataclasses.replace(probe, ops=probe.cycles(1, hop) - probe.cycles(0, hop))
 
 
 def fit_lpu(rows: Sequence[PublishedSpeed]) -> tuple[int, float]:
-    """(L_op, e) minimising the squared log errors of the LPU rows."""
-    chains = [_chain(r) for r in rows]
+    """(L_op cycles, t_hop ns) minimising the squared log errors of the LPU rows.
 
-    def loss(latency: float, rests: Sequence[int]) -> float:
+    The compiler lays a model out by the same costs (a gather across nodes costs more hops than one inside
+    a node), so the layouts depend on t_hop: each value of `HOP_GRID` compiles them afresh; the best is
+    then refined on its layouts."""
+
+    def loss(chains: Sequence[_Chain], latency: float, rests: Sequence[int]) -> float:
         return sum(
             _log_error(c.layout.system.chip.clock_hz / (c.ops * latency + rest), c.row)
             for c, rest in zip(chains, rests, strict=True)
         )
 
-    def best_latency(e: float) -> tuple[int, float]:
-        """The whole-cycle L_op best for e, and its loss."""
-        rests = [c.rest(e) for c in chains]
-        latency = round(_golden(lambda t: loss(t, rests), 1.0, 20_000.0, log=True))
-        return latency, loss(latency, rests)
+    def best_latency(chains: Sequence[_Chain], hop: float) -> tuple[int, float]:
+        """The whole-cycle L_op best for t_hop on these layouts, and its loss."""
+        rests = [c.rest(hop) for c in chains]
+        latency = round(_golden(lambda t: loss(chains, t, rests), 1.0, 20_000.0, log=True))
+        return latency, loss(chains, latency, rests)
 
-    e = _golden(lambda e: best_latency(e)[1], *EFFICIENCY_RANGE, log=True, steps=30)
-    return best_latency(e)[0], e
+    layouts = {hop: [_chain(r, hop) for r in rows] for hop in HOP_GRID}
+    at = min(HOP_GRID, key=lambda hop: best_latency(layouts[hop], hop)[1])
+    i = HOP_GRID.index(at)
+    lo, hi = HOP_GRID[max(i - 1, 0)], HOP_GRID[min(i + 1, len(HOP_GRID) - 1)]
+    chains = layouts[at]
+    hop = _golden(lambda h: best_latency(chains, h)[1], lo, hi, log=False, steps=40)
+    return best_latency(chains, hop)[0], hop
 
 
 def fit_gpu(rows: Sequence[PublishedSpeed]) -> tuple[float, float]:
@@ -242,9 +260,9 @@ def fit(rows: Sequence[PublishedSpeed]) -> FittedParameters:
         mine = [r for r in rows if r.side == side]
         if 2 * sum(r.role == "fit" for r in mine) > len(mine):
             raise ValueError(f"{side}: fit on at most half of the {len(mine)} published rows")
-    latency, efficiency = fit_lpu([r for r in rows if r.side == "lpu" and r.role == "fit"])
+    latency, hop = fit_lpu([r for r in rows if r.side == "lpu" and r.role == "fit"])
     hbm, kernel = fit_gpu([r for r in rows if r.side == "gpu" and r.role == "fit"])
-    return FittedParameters(latency, efficiency, hbm, kernel)
+    return FittedParameters(latency, hop, hbm, kernel)
 
 
 TABLE_BEGIN = "<!-- fit_perfmodel.py: predictions begin -->"
@@ -254,8 +272,8 @@ TABLE_END = "<!-- fit_perfmodel.py: predictions end -->"
 def render_predictions(preds: Sequence[Prediction]) -> str:
     """The markdown table docs/perfmodel.md carries between TABLE_BEGIN and TABLE_END."""
     lines = [
-        "| row | system | published tokens/s (range) | predicted | error | role |",
-        "|---|---|---|---:|---:|---|",
+        "| row | system | published tokens/s (range) | predicted | error | outside the range | role |",
+        "|---|---|---|---:|---:|---:|---|",
     ]
     for p in preds:
         r = p.row
@@ -263,7 +281,8 @@ def render_predictions(preds: Sequence[Prediction]) -> str:
         system = f"{r.model}, {r.units:,} {r.hardware} {unit} ({r.precision}), context {r.context:,}"
         spread = f"{r.low:g}-{r.high:g}" if r.low != r.high else f"{r.low:g}"
         lines.append(
-            f"| {r.id} | {system} | {r.published:g} ({spread}) | {p.tokens_per_s:,.1f} | {p.error:+.1%} | {r.role} |"
+            f"| {r.id} | {system} | {r.published:g} ({spread}) | {p.tokens_per_s:,.1f} | {p.error:+.1%} "
+            f"| {f'{p.range_error:+.1%}' if p.range_error else 'inside'} | {r.role} |"
         )
     return "\n".join(lines)
 

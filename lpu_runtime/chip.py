@@ -42,9 +42,11 @@ def vector_costs(chip: ChipSpec, tokens: tuple[int, ...], elements_per_token: in
 
 
 @lru_cache(maxsize=8192)
-def gather_costs(chip: ChipSpec, tokens: tuple[int, ...], row_bytes: int, group: int) -> tuple[int, ...]:
-    """Cycles of an all-gather of `row_bytes` per token per chip, for each micro-batch."""
-    return tuple(perfmodel.allgather_cycles(chip, n * row_bytes, group) for n in tokens)
+def gather_costs(
+    chip: ChipSpec, tokens: tuple[int, ...], row_bytes: int, group: int, hops: int
+) -> tuple[int, ...]:
+    """Cycles of an all-gather of `row_bytes` per token per chip over `hops`, for each micro-batch."""
+    return tuple(perfmodel.allgather_cycles(chip, n * row_bytes, group, hops) for n in tokens)
 
 
 class Chip:

@@ -14,12 +14,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 
 from lpu_runtime import perfmodel
 from lpu_runtime.config import ChipSpec, EngineConfig, ModelConfig, SystemSpec
 from lpu_runtime.errors import CompileError, SramOverflowError
-from lpu_runtime.perfmodel import FP16_BYTES, FP32_BYTES
-from lpu_runtime.sharding import expert_shard, head_ranges, layer_widths, partition
+from lpu_runtime.perfmodel import FP16_BYTES, FP32_BYTES, Placement
+from lpu_runtime.sharding import expert_shard, head_ranges, layer_widths, part
 from lpu_runtime.sram import Region, RegionKind, SramArena
 
 # Context length at which the compiler estimates a decode step to balance stages (tokens).
@@ -134,6 +135,18 @@ class Plan:
             best = more if best is None else min(best, more)
         return self.kv_tokens + (best or 0)
 
+    @cached_property
+    def _chip_index(self) -> dict[int, ChipPlan]:
+        return {c.chip_id: c for c in self.chips}
+
+    def chip(self, chip_id: int) -> ChipPlan:
+        """The plan of chip `chip_id` (chips left idle to keep a group inside a node have none)."""
+        return self._chip_index[chip_id]
+
+    def placement(self, stage: int) -> Placement:
+        """Where stage `stage`'s group sits among the nodes: how many hops its gathers cross."""
+        return Placement(self.stages[stage].chips[0], self.system.chips_per_node)
+
     def hop_cycles(self, src_chip: int, dst_chip: int, nbytes: int) -> int:
         """A transfer between two chips: one hop inside a node, two across nodes."""
         per_node = self.system.chips_per_node
@@ -190,12 +203,12 @@ def unit_shards(model: ModelConfig, unit: Unit, width: int, rank: int, kv_tokens
         return TensorShard(name, RegionKind.WEIGHT, "float32", (n,), (0, n))
 
     if unit.kind is UnitKind.EMBED:
-        return matrix("tok_embeddings", partition(model.vocab_size, width)[rank], d)
+        return matrix("tok_embeddings", part(model.vocab_size, width, rank), d)
     if unit.kind is UnitKind.HEAD:
-        return [vector("norm", d), *matrix("output", partition(model.vocab_size, width)[rank], d)]
+        return [vector("norm", d), *matrix("output", part(model.vocab_size, width, rank), d)]
     p = f"layers.{unit.layer}"
     (q0, q1), (kv0, kv1) = head_ranges(model, width, rank)
-    dim_rows = partition(d, width)[rank]
+    dim_rows = part(d, width, rank)
     if model.is_moe:  # experts stacked (expert e's rows at e * ffn_dim ...): whole ones, or a slice of one
         ex, f = expert_shard(model, width, rank), model.ffn_dim
         ffn = [
@@ -205,7 +218,7 @@ def unit_shards(model: ModelConfig, unit: Unit, width: int, rank: int, kv_tokens
             *matrix(f"{p}.w2", ex.stacked(ex.dim_rows, d), f),
         ]
     else:
-        ffn_rows = partition(model.ffn_dim, width)[rank]
+        ffn_rows = part(model.ffn_dim, width, rank)
         ffn = [
             *matrix(f"{p}.w1", ffn_rows, d),
             *matrix(f"{p}.w3", ffn_rows, d),
@@ -257,20 +270,27 @@ def model_units(model: ModelConfig) -> list[Unit]:
     ]
 
 
-def unit_cycles(chip: ChipSpec, model: ModelConfig, unit: Unit, width: int) -> int:
+def unit_cycles(chip: ChipSpec, model: ModelConfig, unit: Unit, width: int, place: Placement) -> int:
     """Estimated cycles of one decode token through a unit split `width` ways."""
-    return step_unit_cycles(chip, model, unit, width, n_tokens=1, n_ctx=BALANCE_CONTEXT, n_seqs=1)
+    return step_unit_cycles(chip, model, unit, width, 1, BALANCE_CONTEXT, 1, place)
 
 
 def step_unit_cycles(
-    chip: ChipSpec, model: ModelConfig, unit: Unit, width: int, n_tokens: int, n_ctx: int, n_seqs: int
+    chip: ChipSpec,
+    model: ModelConfig,
+    unit: Unit,
+    width: int,
+    n_tokens: int,
+    n_ctx: int,
+    n_seqs: int,
+    place: Placement,
 ) -> int:
     """Cycles of one step (n_tokens new tokens in n_seqs sequences over n_ctx positions) through a unit."""
     if unit.kind is UnitKind.LAYER:
-        return perfmodel.layer_cycles(chip, model, n_tokens, n_ctx, width, n_seqs)
+        return perfmodel.layer_cycles(chip, model, n_tokens, n_ctx, width, n_seqs, place)
     if unit.kind is UnitKind.EMBED:
-        return perfmodel.embed_cycles(chip, model, n_tokens, width)
-    return perfmodel.head_cycles(chip, model, n_seqs, width)
+        return perfmodel.embed_cycles(chip, model, n_tokens, width, place)
+    return perfmodel.head_cycles(chip, model, n_seqs, width, place)
 
 
 class _Compiler:
@@ -321,13 +341,24 @@ class _Compiler:
         return total <= self.chip.sram_bytes
 
     def stage_cycles(self, units: Sequence[Unit], width: int) -> int:
+        """A stage's cycles as balancing sees them: its group placed from a node's first chip (`compile`
+        keeps a group that fits in a node inside one when spare chips allow)."""
         total = 0
         for u in units:
             key = (u.kind, width)
             if key not in self._cycles_cache:
-                self._cycles_cache[key] = unit_cycles(self.chip, self.model, u, width)
+                self._cycles_cache[key] = unit_cycles(self.chip, self.model, u, width, self.placement(0))
             total += self._cycles_cache[key]
         return total
+
+    def placement(self, first_chip: int) -> Placement:
+        return Placement(first_chip, self.system.chips_per_node)
+
+    def node_skip(self, first_chip: int, width: int) -> int:
+        """Chips to leave idle so that a group no wider than a node does not straddle two."""
+        per_node = self.system.chips_per_node
+        offset = first_chip % per_node
+        return per_node - offset if width <= per_node and offset + width > per_node else 0
 
     def min_width(self, unit: Unit) -> int:
         """Fewest chips that hold the unit alone (with minimum KV); CompileError if no split is enough."""
@@ -422,12 +453,15 @@ class _Compiler:
         return self.widen(stages, n - sum(w for _, w in stages))
 
     def widen(self, stages: list[tuple[list[Unit], int]], spare: int) -> list[tuple[list[Unit], int]]:
-        """Spends spare chips on tensor parallelism where the performance model says it saves the most time."""
+        """Spends spare chips on tensor parallelism where the performance model says it saves the most time,
+        never at the price of a group that fits in a node no longer being placed inside one."""
+        done: set[int] = set()
+        straddling = len(self.straddling(stages))
         while spare > 0:
             best, gain = -1, 0
             for i, (units, width) in enumerate(stages):
                 w = width + 1
-                if any(w > max_width(self.model, u) for u in units):
+                if i in done or any(w > max_width(self.model, u) for u in units):
                     continue
                 g = self.stage_cycles(units, width) - self.stage_cycles(units, w)
                 if g > gain:
@@ -435,9 +469,34 @@ class _Compiler:
             if best < 0:
                 break
             units, width = stages[best]
-            stages[best] = (units, width + 1)
-            spare -= 1
+            wider = [*stages[:best], (units, width + 1), *stages[best + 1 :]]
+            n_straddling = len(self.straddling(wider))
+            if n_straddling > straddling:
+                done.add(best)
+                continue
+            stages, spare, straddling = wider, spare - 1, n_straddling
         return stages
+
+    def first_chips(self, stages: Sequence[tuple[list[Unit], int]]) -> list[int]:
+        """Each stage's first chip: in order, a group that fits in a node skips to the next node rather than
+        straddle two, while the system has chips to spare for it."""
+        spare = self.system.n_chips - sum(width for _, width in stages)
+        first, firsts = 0, []
+        for _, width in stages:
+            skip = self.node_skip(first, width)
+            if skip <= spare:
+                first, spare = first + skip, spare - skip
+            firsts.append(first)
+            first += width
+        return firsts
+
+    def straddling(self, stages: Sequence[tuple[list[Unit], int]]) -> list[int]:
+        """The stages whose group fits in a node but is placed across two."""
+        return [
+            i
+            for i, ((_, width), first) in enumerate(zip(stages, self.first_chips(stages), strict=True))
+            if self.node_skip(first, width)
+        ]
 
     def kv_capacity(self, stages: list[tuple[list[Unit], int]]) -> int:
         """KV slots per layer: as many as asked for, up to what the fullest chip can still hold."""
@@ -466,8 +525,8 @@ class _Compiler:
         stages_units = self.layout()
         kv_tokens = self.kv_capacity(stages_units)
         stages, chips = [], []
-        first = 0
-        for index, (units, width) in enumerate(stages_units):
+        firsts = self.first_chips(stages_units)  # a gather inside a node is one hop, across nodes two
+        for index, ((units, width), first) in enumerate(zip(stages_units, firsts, strict=True)):
             arenas = self.place(first, units, width, kv_tokens)
             for rank, arena in enumerate(arenas):
                 shards = [s for u in units for s in unit_shards(self.model, u, width, rank, kv_tokens)]
@@ -478,8 +537,8 @@ class _Compiler:
                     )
                 )
             stage_chips = tuple(range(first, first + width))
-            stages.append(StagePlan(index, stage_chips, tuple(units), self.stage_cycles(units, width)))
-            first += width
+            est = sum(unit_cycles(self.chip, self.model, u, width, self.placement(first)) for u in units)
+            stages.append(StagePlan(index, stage_chips, tuple(units), est))
         return Plan(self.model, self.system, self.engine, tuple(stages), tuple(chips), kv_tokens)
 
 

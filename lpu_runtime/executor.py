@@ -237,7 +237,7 @@ class _Progress:
                 {
                     s.tensor
                     for c in stage.chips
-                    for s in plan.chips[c].shards
+                    for s in plan.chip(c).shards
                     if s.kind is RegionKind.WEIGHT and not s.tensor.endswith(".scale")
                 }
             )

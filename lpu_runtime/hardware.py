@@ -27,7 +27,7 @@ GROQCHIP1 = ChipSpec()
 # bandwidth, FP8 peak (the LPX rack's 315 PFLOPS over its 256 chips) and chip-to-chip links (96 at 112 Gb/s,
 # 2.5 TB/s both ways). Its clock, int8 and fp16 peaks and hop latency are not published: estimates, each
 # overridable (docs/hardware.md). With no published speed measured on it, the op latency (in seconds) and
-# the weight-stream efficiency are GroqChip1's fitted values.
+# the hop latency are GroqChip1's fitted values.
 GROQ3 = ChipSpec(
     name="Groq3-LP30",
     sram_bytes=500_000_000,  # bytes: "500 MB" per chip (128 GB per 256-chip rack)

@@ -61,15 +61,17 @@ class MicroBatcher:
         key = (stage, n_tokens, n_seqs, n_ctx)
         if key not in self._units:
             plan, st = self.plan, self.plan.stages[stage]
-            chip, model = plan.system.chip, plan.model
+            chip, model, place = plan.system.chip, plan.model, plan.placement(stage)
             layer = 0
             cycles = 0
             for unit in st.units:
                 if unit.kind is UnitKind.LAYER:  # every layer costs the same: compute one
-                    layer = layer or step_unit_cycles(chip, model, unit, st.width, n_tokens, n_ctx, n_seqs)
+                    layer = layer or step_unit_cycles(
+                        chip, model, unit, st.width, n_tokens, n_ctx, n_seqs, place
+                    )
                     cycles += layer
                 else:
-                    cycles += step_unit_cycles(chip, model, unit, st.width, n_tokens, n_ctx, n_seqs)
+                    cycles += step_unit_cycles(chip, model, unit, st.width, n_tokens, n_ctx, n_seqs, place)
             if stage + 1 < len(plan.stages):
                 cycles += plan.transfer_cycles(stage, n_tokens)
             self._units[key] = cycles

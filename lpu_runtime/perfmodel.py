@@ -7,11 +7,12 @@ streams operands from SRAM while the matrix units compute, so the slower of the 
 
     W  weight bytes a GEMM streams into the matrix units     A  other bytes read and written (activations, KV)
     I  GEMM ops (a multiply-add is 2), at the int8 or FP8 peak  F  fp16/fp32 flops
-    f  clock (Hz)   B_sram  SRAM bandwidth   P_*  peak rates  e  weight-stream efficiency (fitted)
-    L_op  latency of one dependent op (fitted)
+    f  clock (Hz)   B_sram  SRAM bandwidth   P_*  peak rates  e  weight-stream efficiency
+    L_op  latency of one dependent op (fitted; so is t_hop below)
 
 A transfer between chips costs `hops x t_hop + bytes / B_link`; an all-gather in a group of w chips sends each
-shard to the w - 1 others over parallel links, ceil((w - 1) / n_links) shards per link.
+shard to the w - 1 others over parallel links, ceil((w - 1) / n_links) shards per link, over one hop when the
+group sits in one node and two when it spans nodes (`Placement`), as the transfers between stages.
 
 One decoder layer on the busiest chip (rank 0) of a w-chip tensor-parallel group, for T new tokens in S
 sequences attending over C cached positions each, is the chain the pipeline executes:
@@ -30,8 +31,8 @@ stages (one hop inside a node, two across nodes). Batching enters through T and 
 per step whatever T is, arithmetic and KV reads grow with it, so a large enough batch turns a GEMM from
 weight-bound to compute-bound.
 
-The two fitted parameters, op latency and weight-stream efficiency, live on `ChipSpec`; their values, the
-published figures they are fitted to and the ones that validate them are in docs/perfmodel.md. The compiler
+The two fitted parameters, op latency and hop latency, live on `ChipSpec`; their values, the published
+figures they are fitted to and the ones that validate them are in docs/perfmodel.md. The compiler
 balances stages with these functions, the emulator charges its simulated clock with them and the planner
 predicts with them, so all three agree. All results are integer cycles; nothing here reads wall time.
 
@@ -47,7 +48,7 @@ from dataclasses import dataclass
 
 from lpu_runtime.config import ChipSpec, ModelConfig
 from lpu_runtime.hardware import GpuServer, GpuSpec, KvLink
-from lpu_runtime.sharding import expert_shard, head_ranges, partition
+from lpu_runtime.sharding import expert_shard, head_ranges, part
 
 FP32_BYTES = 4
 FP16_BYTES = 2
@@ -96,33 +97,57 @@ def attention_cycles(
     return op_cycles(chip, bytes_moved=kv_bytes, flops=flops)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a tensor-parallel group's chips sit among the system's nodes. Chips of one node are wired to each
+    other directly; a gather among chips of several nodes crosses two hops, as `Plan.hop_cycles` does."""
+
+    first_chip: int = 0
+    chips_per_node: int = 0  # 0: no node boundaries (a single node of any size)
+
+    def hops(self, offset: int, width: int) -> int:
+        """Hops of a gather among the `width` chips from `first_chip + offset`."""
+        if self.chips_per_node == 0:
+            return 1
+        first = self.first_chip + offset
+        return 1 if first // self.chips_per_node == (first + width - 1) // self.chips_per_node else 2
+
+
+ONE_NODE = Placement()
+
+
 def link_cycles(chip: ChipSpec, nbytes: int, hops: int = 1) -> int:
     """One chip-to-chip transfer over a single link."""
     seconds = hops * chip.hop_latency_ns * 1e-9 + nbytes / chip.link_bandwidth_bytes_per_s
     return chip.cycles(seconds)
 
 
-def allgather_cycles(chip: ChipSpec, shard_bytes: int, group: int) -> int:
+def allgather_cycles(chip: ChipSpec, shard_bytes: int, group: int, hops: int = 1) -> int:
     """Each of `group` chips sends its shard to every other over its own links, in parallel."""
     if group <= 1:
         return 0
     peers_per_link = -(-(group - 1) // chip.n_links)  # links carry this many shards one after another
-    return link_cycles(chip, shard_bytes * peers_per_link)
+    return link_cycles(chip, shard_bytes * peers_per_link, hops)
 
 
-def embed_cycles(chip: ChipSpec, config: ModelConfig, n_tokens: int, width: int) -> int:
+def embed_cycles(
+    chip: ChipSpec, config: ModelConfig, n_tokens: int, width: int, place: Placement = ONE_NODE
+) -> int:
     """Embedding lookup (int8 rows + fp32 row scales) on the chip owning the rows, then the all-gather."""
     lookup = op_cycles(chip, bytes_moved=n_tokens * config.dim * (1 + FP32_BYTES))
-    return lookup + allgather_cycles(chip, n_tokens * config.dim * FP32_BYTES // width, width)
+    shard = n_tokens * config.dim * FP32_BYTES // width
+    return lookup + allgather_cycles(chip, shard, width, place.hops(0, width))
 
 
-def head_cycles(chip: ChipSpec, config: ModelConfig, n_seqs: int, width: int) -> int:
+def head_cycles(
+    chip: ChipSpec, config: ModelConfig, n_seqs: int, width: int, place: Placement = ONE_NODE
+) -> int:
     """Final RMSNorm and the LM head over each sequence's last position, vocabulary rows split `width` ways."""
-    rows = partition(config.vocab_size, width)[0][1]
+    rows = part(config.vocab_size, width, 0)[1]
     return (
         vector_cycles(chip, n_seqs * config.dim, VECTOR_FLOPS_PER_ELEMENT)
         + linear_cycles(chip, n_seqs, rows, config.dim)
-        + allgather_cycles(chip, n_seqs * rows * FP32_BYTES, width)
+        + allgather_cycles(chip, n_seqs * rows * FP32_BYTES, width, place.hops(0, width))
     )
 
 
@@ -134,7 +159,7 @@ def layer_vector_ops(config: ModelConfig, width: int, rank: int = 0) -> tuple[in
     Each is one dependent op on the chip, so each pays the op latency."""
     (q0, q1), (kv0, kv1) = head_ranges(config, width, rank)
     d, hd = config.dim, config.head_dim
-    f0, f1 = partition(config.ffn_dim, width)[rank]
+    f0, f1 = part(config.ffn_dim, width, rank)
     swiglu = () if config.is_moe else (f1 - f0,)
     return (d, (q1 - q0) * hd, (kv1 - kv0) * hd, config.q_dim, d, d, *swiglu, d)
 
@@ -147,33 +172,41 @@ def layer_vector_cycles(chip: ChipSpec, config: ModelConfig, n_tokens: int, widt
 
 
 def attention_block_cycles(
-    chip: ChipSpec, config: ModelConfig, n_tokens: int, n_ctx: int, width: int, n_seqs: int = 1
+    chip: ChipSpec,
+    config: ModelConfig,
+    n_tokens: int,
+    n_ctx: int,
+    width: int,
+    n_seqs: int = 1,
+    place: Placement = ONE_NODE,
 ) -> int:
     """Q/K/V projections, attention over the chip's heads, the output projection and their gathers."""
-    d, hd = config.dim, config.head_dim
+    d, hd, hops = config.dim, config.head_dim, place.hops(0, width)
     (q0, q1), (kv0, kv1) = head_ranges(config, width, 0)
     heads, kv_heads = q1 - q0, kv1 - kv0
-    dim_rows = partition(d, width)[0][1]
+    dim_rows = part(d, width, 0)[1]
     per_seq = -(-n_tokens // n_seqs)
     return (
         linear_cycles(chip, n_tokens, heads * hd, d)
         + 2 * linear_cycles(chip, n_tokens, kv_heads * hd, d)
         + attention_cycles(chip, [(per_seq, n_ctx)] * n_seqs, heads, kv_heads, hd)
-        + allgather_cycles(chip, n_tokens * heads * hd * FP32_BYTES, width)
+        + allgather_cycles(chip, n_tokens * heads * hd * FP32_BYTES, width, hops)
         + linear_cycles(chip, n_tokens, dim_rows, config.q_dim)
-        + allgather_cycles(chip, n_tokens * dim_rows * FP32_BYTES, width)
+        + allgather_cycles(chip, n_tokens * dim_rows * FP32_BYTES, width, hops)
     )
 
 
-def dense_ffn_cycles(chip: ChipSpec, config: ModelConfig, n_tokens: int, width: int) -> int:
+def dense_ffn_cycles(
+    chip: ChipSpec, config: ModelConfig, n_tokens: int, width: int, place: Placement = ONE_NODE
+) -> int:
     """SwiGLU split by output channels: w1 and w3 by FFN rows, w2 by model rows, each gathered."""
-    d, f = config.dim, config.ffn_dim
-    ffn_rows, dim_rows = partition(f, width)[0][1], partition(d, width)[0][1]
+    d, f, hops = config.dim, config.ffn_dim, place.hops(0, width)
+    ffn_rows, dim_rows = part(f, width, 0)[1], part(d, width, 0)[1]
     return (
         2 * linear_cycles(chip, n_tokens, ffn_rows, d)
-        + 2 * allgather_cycles(chip, n_tokens * ffn_rows * FP32_BYTES, width)
+        + 2 * allgather_cycles(chip, n_tokens * ffn_rows * FP32_BYTES, width, hops)
         + linear_cycles(chip, n_tokens, dim_rows, f)
-        + allgather_cycles(chip, n_tokens * dim_rows * FP32_BYTES, width)
+        + allgather_cycles(chip, n_tokens * dim_rows * FP32_BYTES, width, hops)
     )
 
 
@@ -208,18 +241,26 @@ def router_cycles(chip: ChipSpec, config: ModelConfig, n_tokens: int) -> int:
     )
 
 
-def expert_cycles(chip: ChipSpec, config: ModelConfig, n_tokens: int, width: int, rank: int = 0) -> int:
+def expert_cycles(
+    chip: ChipSpec,
+    config: ModelConfig,
+    n_tokens: int,
+    width: int,
+    rank: int = 0,
+    place: Placement = ONE_NODE,
+) -> int:
     """One local expert (or the chip's slice of it) over the n_tokens routed to it: gate and up, their
     gathers within the expert's chips, SiLU-gate over the chip's rows, down and its gather."""
     d, f = config.dim, config.ffn_dim
     shard = expert_shard(config, width, rank)
     ffn_rows, dim_rows = shard.ffn_rows[1] - shard.ffn_rows[0], shard.dim_rows[1] - shard.dim_rows[0]
+    hops = place.hops(rank - rank % shard.group, shard.group)  # the expert's own chips, in rank order
     return (
         2 * linear_cycles(chip, n_tokens, ffn_rows, d)
-        + 2 * allgather_cycles(chip, n_tokens * ffn_rows * FP32_BYTES, shard.group)
+        + 2 * allgather_cycles(chip, n_tokens * ffn_rows * FP32_BYTES, shard.group, hops)
         + vector_cycles(chip, n_tokens * ffn_rows, VECTOR_FLOPS_PER_ELEMENT)
         + linear_cycles(chip, n_tokens, dim_rows, f)
-        + allgather_cycles(chip, n_tokens * dim_rows * FP32_BYTES, shard.group)
+        + allgather_cycles(chip, n_tokens * dim_rows * FP32_BYTES, shard.group, hops)
     )
 
 
@@ -230,6 +271,7 @@ def moe_ffn_cycles(
     width: int,
     load: ExpertLoad | None = None,
     rank: int = 0,
+    place: Placement = ONE_NODE,
 ) -> int:
     """Router and top-k, the experts chip `rank` holds that tokens chose (expert parallel), then the combine
     gather of its token-expert pairs. `load` is what the chip computes (default: balanced routing).
@@ -241,23 +283,29 @@ def moe_ffn_cycles(
     load = load if load is not None else balanced_expert_load(config, n_tokens, width, rank)
     return (
         router_cycles(chip, config, n_tokens)
-        + sum(expert_cycles(chip, config, t, width, rank) for t in load.tokens_per_expert)
-        + allgather_cycles(chip, load.pairs * config.dim * FP32_BYTES, width)
+        + sum(expert_cycles(chip, config, t, width, rank, place) for t in load.tokens_per_expert)
+        + allgather_cycles(chip, load.pairs * config.dim * FP32_BYTES, width, place.hops(0, width))
     )
 
 
 def layer_cycles(
-    chip: ChipSpec, config: ModelConfig, n_tokens: int, n_ctx: int, width: int = 1, n_seqs: int = 1
+    chip: ChipSpec,
+    config: ModelConfig,
+    n_tokens: int,
+    n_ctx: int,
+    width: int = 1,
+    n_seqs: int = 1,
+    place: Placement = ONE_NODE,
 ) -> int:
     """One decoder layer split `width` ways: T = n_tokens new tokens in n_seqs sequences over n_ctx positions."""
     ffn = (
-        moe_ffn_cycles(chip, config, n_tokens, width)
+        moe_ffn_cycles(chip, config, n_tokens, width, place=place)
         if config.is_moe
-        else dense_ffn_cycles(chip, config, n_tokens, width)
+        else dense_ffn_cycles(chip, config, n_tokens, width, place)
     )
     return (
         layer_vector_cycles(chip, config, n_tokens, width)
-        + attention_block_cycles(chip, config, n_tokens, n_ctx, width, n_seqs)
+        + attention_block_cycles(chip, config, n_tokens, n_ctx, width, n_seqs, place)
         + ffn
     )
 

@@ -169,8 +169,10 @@ def stored_weight_bytes(model: ModelConfig) -> int:
 
 
 def stage_step_cycles(plan: Plan, stage: StagePlan, n_tokens: int, n_ctx: int, n_seqs: int) -> int:
-    chip, model = plan.system.chip, plan.model
-    return sum(step_unit_cycles(chip, model, u, stage.width, n_tokens, n_ctx, n_seqs) for u in stage.units)
+    chip, model, place = plan.system.chip, plan.model, plan.placement(stage.index)
+    return sum(
+        step_unit_cycles(chip, model, u, stage.width, n_tokens, n_ctx, n_seqs, place) for u in stage.units
+    )
 
 
 def step_cycles(plan: Plan, n_tokens: int, n_ctx: int, n_seqs: int) -> tuple[int, int]:

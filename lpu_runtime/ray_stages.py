@@ -74,7 +74,7 @@ def plan_nodes(plan: Plan) -> dict[int, list[int]]:
 
 def stage_bytes(plan: Plan, stage: int) -> int:
     """Host memory an actor needs for its chips' SRAM (bytes)."""
-    return sum(plan.chips[c].used_bytes for c in plan.stages[stage].chips)
+    return sum(plan.chip(c).used_bytes for c in plan.stages[stage].chips)
 
 
 def check_cluster_memory(plan: Plan, nodes: Sequence[NodeMemory]) -> None:
@@ -201,7 +201,7 @@ class RayStages:
         self.placement = self._wait_loaded()
         self.backend_name = self.placement[0]["kernels"]  # the kernels the actors run, as in one process
         self._chips = [
-            RemoteChip(c, plan.system.chip, plan.chips[c]) for stage in plan.stages for c in stage.chips
+            RemoteChip(c, plan.system.chip, plan.chip(c)) for stage in plan.stages for c in stage.chips
         ]
 
     def _wait_loaded(self) -> list[dict[str, Any]]:

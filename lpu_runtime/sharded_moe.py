@@ -51,9 +51,14 @@ class ShardedExperts:
     """The experts of one MoE layer over a group of chips; returns each routed pair's output in routing order."""
 
     def __init__(
-        self, chips: Sequence[Chip], layer: int, config: ModelConfig, backend: KernelBackend
+        self,
+        chips: Sequence[Chip],
+        layer: int,
+        config: ModelConfig,
+        backend: KernelBackend,
+        place: perfmodel.Placement,
     ) -> None:
-        self.chips, self.config, self.backend = list(chips), config, backend
+        self.chips, self.config, self.backend, self.place = list(chips), config, backend, place
         self.width = len(chips)
         p = f"layers.{layer}"
         self.gate_up, self.down = (f"{p}.w1", f"{p}.w3"), (f"{p}.w2",)
@@ -108,6 +113,7 @@ class ShardedExperts:
                         self.width,
                         perfmodel.ExpertLoad(tuple(int(c[j]) for c in counts if c[j])),
                         rank,
+                        self.place,
                     )
                     for j, n in enumerate(lead.micro_tokens)
                 ]

@@ -13,13 +13,14 @@ from lpu_runtime.config import ModelConfig
 
 def partition(n: int, parts: int) -> list[tuple[int, int]]:
     """Splits range(n) into `parts` contiguous ranges whose sizes differ by at most one."""
+    return [part(n, parts, j) for j in range(parts)]
+
+
+def part(n: int, parts: int, j: int) -> tuple[int, int]:
+    """The j-th of `partition(n, parts)`, without building the others (the compiler asks for one per chip)."""
     base, extra = divmod(n, parts)
-    out, start = [], 0
-    for j in range(parts):
-        stop = start + base + (1 if j < extra else 0)
-        out.append((start, stop))
-        start = stop
-    return out
+    start = j * base + min(j, extra)
+    return start, start + base + (1 if j < extra else 0)
 
 
 def layer_widths(model: ModelConfig) -> list[int]:
@@ -43,7 +44,7 @@ def head_ranges(model: ModelConfig, width: int, rank: int) -> tuple[tuple[int, i
     """(query heads, KV heads) of chip `rank` in a `width`-chip group: [start, stop) ranges."""
     group = model.n_heads // model.n_kv_heads
     if width <= model.n_kv_heads:
-        kv0, kv1 = partition(model.n_kv_heads, width)[rank]
+        kv0, kv1 = part(model.n_kv_heads, width, rank)
         return (kv0 * group, kv1 * group), (kv0, kv1)
     if width % model.n_kv_heads or group % (width // model.n_kv_heads):
         raise ValueError(f"{model.name}: a layer cannot be split {width} ways (see layer_widths)")
@@ -74,7 +75,7 @@ class ExpertShard:
 
 def expert_shard(model: ModelConfig, width: int, rank: int) -> ExpertShard:
     if width <= model.n_experts:
-        return ExpertShard(partition(model.n_experts, width)[rank], (0, model.ffn_dim), (0, model.dim), 1)
+        return ExpertShard(part(model.n_experts, width, rank), (0, model.ffn_dim), (0, model.dim), 1)
     m = width // model.n_experts
-    e, part = divmod(rank, m)
-    return ExpertShard((e, e + 1), partition(model.ffn_dim, m)[part], partition(model.dim, m)[part], m)
+    e, piece = divmod(rank, m)
+    return ExpertShard((e, e + 1), part(model.ffn_dim, m, piece), part(model.dim, m, piece), m)

@@ -30,7 +30,7 @@ from lpu_runtime.compiler import Plan, UnitKind
 from lpu_runtime.kernels import RopeTables
 from lpu_runtime.link import deliver
 from lpu_runtime.model import Checkpoint, DenseFFN, LayerOps, MoEFFN, TokenBatch, decoder_layer, residual_add
-from lpu_runtime.perfmodel import FP32_BYTES
+from lpu_runtime.perfmodel import FP32_BYTES, Placement
 from lpu_runtime.quant import quantize_weight
 from lpu_runtime.sharded_moe import ShardedExperts, ShardedRouter
 from lpu_runtime.sram import RegionKind
@@ -72,9 +72,15 @@ class ShardedLinear:
     chip runs its shards of all of them as one kernel call (q/k/v, gate/up)."""
 
     def __init__(
-        self, chips: list[Chip], names: tuple[str, ...], gather: bool = True, per_sequence: bool = False
+        self,
+        chips: list[Chip],
+        names: tuple[str, ...],
+        place: Placement,
+        gather: bool = True,
+        per_sequence: bool = False,
     ) -> None:
         self.chips, self.names, self.per_sequence = chips, names, per_sequence
+        self.hops = place.hops(0, len(chips))
         self.columns = [[chip.shards[n].rows for n in names] for chip in chips]  # [chip][matrix]
         self.widths = [self.columns[-1][m][1] for m in range(len(names))]
         # q/k/v shards feed the same chip's attention heads directly, so only the others are all-gathered.
@@ -94,7 +100,11 @@ class ShardedLinear:
                 for name, (a, b), (a0, b0) in zip(self.names, columns, self.columns[0], strict=True):
                     parts = [linear_costs(chip.spec, tokens, b - a, chip.cols(name))]
                     if self.gather:
-                        parts.append(gather_costs(lead.spec, tokens, (b0 - a0) * FP32_BYTES, len(self.chips)))
+                        parts.append(
+                            gather_costs(
+                                lead.spec, tokens, (b0 - a0) * FP32_BYTES, len(self.chips), self.hops
+                            )
+                        )
                     for part in parts:
                         per_micro = [c + p for c, p in zip(per_micro, part, strict=True)]
                 costs.append(per_micro)
@@ -127,8 +137,8 @@ class ShardedAttention:
     """Attention split by heads: each chip attends its query heads over the KV heads it holds, whole KV-head
     groups up to n_kv_heads chips, beyond that a share of one group's query heads over a copy of its KV head."""
 
-    def __init__(self, chips: list[Chip], layer: int, head_dim: int) -> None:
-        self.chips, self.layer = chips, layer
+    def __init__(self, chips: list[Chip], layer: int, head_dim: int, place: Placement) -> None:
+        self.chips, self.layer, self.hops = chips, layer, place.hops(0, len(chips))
         self.kv_ranges = [chip.shards[f"layers.{layer}.k_cache"].rows for chip in chips]
         self.q_ranges = [
             tuple(r // head_dim for r in chip.shards[f"layers.{layer}.wq"].rows) for chip in chips
@@ -143,7 +153,7 @@ class ShardedAttention:
             lead = self.chips[0]
             q0, q1 = self.q_ranges[0]
             row_bytes = (q1 - q0) * q.shape[2] * FP32_BYTES
-            costs = gather_costs(lead.spec, lead.micro_tokens, row_bytes, len(self.chips))
+            costs = gather_costs(lead.spec, lead.micro_tokens, row_bytes, len(self.chips), self.hops)
             for chip in self.chips:
                 chip.charge(costs)
         return out
@@ -177,12 +187,14 @@ class StageWorker:
         self.config = plan.model
         self.backend = backend or default_backend()
         spec = plan.system.chip
-        self.chips = [Chip(plan.chips[c], spec, self.backend) for c in self.stage.chips]
+        self.chips = [Chip(plan.chip(c), spec, self.backend) for c in self.stage.chips]
+        self.place = plan.placement(stage)
         self.load(weights.open(), on_tensor)
         self.rope = RopeTables.for_model(self.config)
         self.layers = {layer: self._layer_ops(layer) for layer in self.stage.layers}
         has_head = any(u.kind is UnitKind.HEAD for u in self.stage.units)
-        self.lm_head = _One(ShardedLinear(self.chips, ("output",), per_sequence=True)) if has_head else None
+        head = ShardedLinear(self.chips, ("output",), self.place, per_sequence=True) if has_head else None
+        self.lm_head = _One(head) if head is not None else None
 
     @property
     def tensor_names(self) -> list[str]:
@@ -233,12 +245,14 @@ class StageWorker:
 
         ffn: Callable[[QuantizedActs], F32]
         if cfg.is_moe:
-            experts = ShardedExperts(chips, layer, cfg, be)
+            experts = ShardedExperts(chips, layer, cfg, be, self.place)
             ffn = MoEFFN[QuantizedActs](ShardedRouter(chips, f"{p}.router"), experts, cfg.n_experts_per_token)
         else:
-            gate_up = ShardedLinear(chips, (f"{p}.w1", f"{p}.w3"))
+            gate_up = ShardedLinear(chips, (f"{p}.w1", f"{p}.w3"), self.place)
             ffn = DenseFFN[QuantizedActs](
-                gate_up, charged(be.silu_mul_quantize, swiglu[0]), _One(ShardedLinear(chips, (f"{p}.w2",)))
+                gate_up,
+                charged(be.silu_mul_quantize, swiglu[0]),
+                _One(ShardedLinear(chips, (f"{p}.w2",), self.place)),
             )
         rope = partial(be.rope, tables=self.rope)
         return LayerOps[QuantizedActs](
@@ -248,10 +262,10 @@ class StageWorker:
             ffn_norm=charged(
                 partial(be.rmsnorm_quantize, weight=lead.tensor(f"{p}.ffn_norm"), eps=eps), norm2
             ),
-            qkv=ShardedLinear(chips, (f"{p}.wq", f"{p}.wk", f"{p}.wv"), gather=False),
-            wo=_One(ShardedLinear(chips, (f"{p}.wo",))),
+            qkv=ShardedLinear(chips, (f"{p}.wq", f"{p}.wk", f"{p}.wv"), self.place, gather=False),
+            wo=_One(ShardedLinear(chips, (f"{p}.wo",), self.place)),
             ffn=ffn,
-            attention=ShardedAttention(chips, layer, cfg.head_dim),
+            attention=ShardedAttention(chips, layer, cfg.head_dim, self.place),
             act=charged(be.quantize, act),
             rope_q=charged(rope, rope_q),
             rope_k=charged(rope, rope_k),
@@ -298,7 +312,11 @@ class StageWorker:
             chip.embed(batch.token_ids, x)
         if len(self.chips) > 1:
             spec, width, row_bytes = self.chips[0].spec, len(self.chips), self.config.dim * FP32_BYTES
+            hops = self.place.hops(0, width)
             self.charge_all(
-                [perfmodel.allgather_cycles(spec, n * row_bytes // width, width) for n in batch.micro_tokens]
+                [
+                    perfmodel.allgather_cycles(spec, n * row_bytes // width, width, hops)
+                    for n in batch.micro_tokens
+                ]
             )
         return x

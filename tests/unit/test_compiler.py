@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -57,7 +58,7 @@ def test_a_layer_too_large_for_one_chip_is_split_by_kv_heads() -> None:
     assert all(s.width == TINY.n_kv_heads for s in wide)
     for stage in wide:
         kv_ranges = [
-            next(sh.rows for sh in plan.chips[c].shards if sh.tensor.endswith("k_cache")) for c in stage.chips
+            next(sh.rows for sh in plan.chip(c).shards if sh.tensor.endswith("k_cache")) for c in stage.chips
         ]
         assert kv_ranges == partition(TINY.n_kv_heads, stage.width)
     for chip in plan.chips:
@@ -69,7 +70,7 @@ def test_embedding_and_lm_head_split_by_vocabulary_rows_when_too_large() -> None
     plan = compile_model(llama, SystemSpec(576), EngineConfig(max_num_seqs=1))
     embed = plan.stages[0]
     assert embed.units[0].kind is UnitKind.EMBED and embed.width >= 2
-    shards = [next(s for s in plan.chips[c].shards if s.tensor == "tok_embeddings") for c in embed.chips]
+    shards = [next(s for s in plan.chip(c).shards if s.tensor == "tok_embeddings") for c in embed.chips]
     assert [s.rows for s in shards] == partition(llama.vocab_size, embed.width)
     assert all(c.used_bytes <= c.capacity_bytes for c in plan.chips)
 
@@ -116,3 +117,23 @@ def test_render_lists_each_chip_with_its_layers_and_sram() -> None:
     text = compile_model(DEMO_MODEL, SystemSpec(4)).render()
     assert "layers 2-3" in text and "used" in text and "free" in text
     assert len([line for line in text.splitlines() if line.strip().startswith(("0 ", "1 ", "2 ", "3 "))]) == 4
+
+
+def test_a_group_that_fits_in_a_node_is_placed_inside_one_while_chips_are_spare() -> None:
+    """A gather inside a node is one hop, across nodes two: the compiler leaves chips idle rather than let a
+    group straddle two nodes, and never buys width with the chips that alignment needs."""
+    model = dataclasses.replace(MODEL_PRESETS["llama-3-8b"], max_context=8192)
+    plan = compile_model(model, SystemSpec(576), EngineConfig(max_num_seqs=1))
+    per_node = plan.system.chips_per_node
+    assert {s.width for s in plan.stages if s.layers} == {per_node}
+    for i, stage in enumerate(plan.stages):
+        if stage.width <= per_node:
+            assert stage.chips[0] // per_node == stage.chips[-1] // per_node, stage
+        assert all(plan.chip(c).stage == i for c in stage.chips)
+    # Nodes of two chips: one spare chip lets every pair sit in a node; without it they straddle rather than
+    # not fit.
+    engine = EngineConfig(max_num_seqs=2, max_num_batched_tokens=16, max_kv_tokens=128)
+    small = ChipSpec(sram_bytes=40 * 1024)
+    spare, tight = (compile_model(TINY, SystemSpec(n, small, chips_per_node=2), engine) for n in (9, 8))
+    assert [s.chips for s in spare.stages] == [(0,), (2, 3), (4, 5), (6, 7), (8,)]
+    assert [s.chips for s in tight.stages] == [(0,), (1, 2), (3, 4), (5, 6), (7,)]

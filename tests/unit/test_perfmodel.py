@@ -55,10 +55,14 @@ def test_a_moe_layer_streams_only_the_experts_its_tokens_route_to() -> None:
     assert load(mixtral, 1, 1) == perfmodel.ExpertLoad((1, 1))  # a token's two experts, both local
     assert load(mixtral, 1, 16) == perfmodel.ExpertLoad((1,))
     # Sixteen chips hold half an expert each: half the weight stream, plus gathers inside each expert's pair
-    # (on a chip whose weights stream slowly enough for the half to matter).
-    chip = ChipSpec(weight_stream_efficiency=0.1)
+    # (on a chip whose weights stream slowly enough, and whose hops are quick enough, for the half to matter).
+    chip = ChipSpec(weight_stream_efficiency=0.1, hop_latency_ns=240.0)
     whole, halves = (perfmodel.moe_ffn_cycles(chip, mixtral, 1, w) for w in (8, 16))
     assert halves < whole
+    # The pair's gathers cross one hop inside a node, two when the pair straddles two nodes.
+    inside, across = (perfmodel.Placement(first, 8) for first in (0, 7))
+    assert inside.hops(0, 2) == 1 and across.hops(0, 2) == 2 and inside.hops(6, 2) == 1
+    assert perfmodel.moe_ffn_cycles(chip, mixtral, 1, 16, place=across) > halves
     assert perfmodel.ffn_experts_touched(mixtral, 1) == pytest.approx(2.0)
     assert perfmodel.ffn_experts_touched(mixtral, 1000) == pytest.approx(8.0)
     dense = dataclasses.replace(mixtral, n_experts=1, n_experts_per_token=1)
@@ -79,21 +83,31 @@ def _batch(n_seqs: int, start: int, n_new: int, slot_base: int = 64) -> TokenBat
 
 
 @pytest.mark.parametrize(
-    ("model", "chips", "chip"),
+    ("model", "system"),
     [
-        (TINY, 1, ChipSpec()),
-        (TINY, 3, ChipSpec()),
-        (TINY, 12, ChipSpec(sram_bytes=40 * 1024)),
-        (WIDE_HEADS, 1, ChipSpec()),
-        (WIDE_HEADS, 12, ChipSpec(sram_bytes=500 * 1024)),  # layers split over two chips
+        (TINY, SystemSpec(1)),
+        (TINY, SystemSpec(3)),
+        (TINY, SystemSpec(12, ChipSpec(sram_bytes=40 * 1024))),
+        (TINY, SystemSpec(12, ChipSpec(sram_bytes=40 * 1024), chips_per_node=1)),  # every gather across nodes
+        (WIDE_HEADS, SystemSpec(1)),
+        (WIDE_HEADS, SystemSpec(12, ChipSpec(sram_bytes=500 * 1024))),  # layers split over two chips
     ],
-    ids=["one-chip", "three-stages", "tensor-parallel", "head-dim-one-chip", "head-dim-tensor-parallel"],
+    ids=[
+        "one-chip",
+        "three-stages",
+        "tensor-parallel",
+        "tensor-parallel-across-nodes",
+        "head-dim-one-chip",
+        "head-dim-tensor-parallel",
+    ],
 )
 def test_the_emulator_clock_charges_exactly_what_the_planner_predicts(
-    model: ModelConfig, chips: int, chip: ChipSpec
+    model: ModelConfig, system: SystemSpec
 ) -> None:
     engine = EngineConfig(max_num_seqs=2, max_num_batched_tokens=16, max_kv_tokens=128)
-    plan = compile_model(model, SystemSpec(chips, chip), engine)
+    plan = compile_model(model, system, engine)
+    if system.chips_per_node == 1:
+        assert any(plan.placement(i).hops(0, s.width) == 2 for i, s in enumerate(plan.stages))
     pipe = PipelineExecutor(plan, synthetic_checkpoint(model, seed=1))
     prefill = pipe.execute(_batch(2, 0, 8))  # two 8-token prompts in one micro-batch
     assert prefill.times[0].done - prefill.times[0].entry == step_cycles(plan, 16, 8, 2)[0]

@@ -129,8 +129,8 @@ def test_a_plan_too_big_for_any_one_node_is_refused_before_loading(cluster: Any)
 def test_memory_is_checked_per_node_not_summed() -> None:
     nodes = [NodeMemory("a", "10.0.0.1", 3 * 2**20), NodeMemory("b", "10.0.0.2", 3 * 2**20)]
     per_plan_node = [
-        sum(PLAN.chips[c].used_bytes for c in (0, 1)),
-        sum(PLAN.chips[c].used_bytes for c in (2, 3)),
+        sum(PLAN.chip(c).used_bytes for c in (0, 1)),
+        sum(PLAN.chip(c).used_bytes for c in (2, 3)),
     ]
     assert max(per_plan_node) < 3 * 2**20  # each fits a node of its own...
     check_cluster_memory(PLAN, nodes)

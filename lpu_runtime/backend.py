@@ -11,6 +11,8 @@ numpy RMSNorm and SiLU, and attention one sequence at a time over the fp16 cache
 attention over the paged fp16 cache). Both are deterministic and compute every row and every attention head
 on its own, so one chip and any tensor-parallel split, and a sequence batched or alone, give bit-identical
 results within a backend; the two backends agree to float32 rounding (tests/unit/test_backend.py).
+`Fp8Backend` is the numpy reference with FP8 (E4M3) weights and activations and exact float64 sums (fp8.py),
+for a chip whose weights are FP8 (`backend_for`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from lpu_runtime.config import ChipSpec
+from lpu_runtime.fp8 import quantize_activations_fp8, scaled_fp8_gemm
 from lpu_runtime.gemm import NumpyExactGemm, scaled_int8_gemm
 from lpu_runtime.kernels import RopeTables, causal_attention, rmsnorm, silu
 from lpu_runtime.model import PagedBatch
@@ -42,9 +46,9 @@ BACKEND_ENV = "LPU_KERNELS"  # "native" or "numpy"; default: native when the ext
 
 @dataclass(frozen=True)
 class QuantizedActs:
-    """Activations as every int8 GEMM reads them: quantized once per token."""
+    """Activations as every GEMM reads them: quantized once per token."""
 
-    q: I8  # (n_tokens, features) int8 in [-127, 127]
+    q: I8  # (n_tokens, features) int8 in [-127, 127], or E4M3 codes (viewed as int8) for FP8 weights
     scale: F32  # (n_tokens,) float32: row i is q[i] * scale[i]
 
     @property
@@ -140,6 +144,35 @@ class NumpyBackend:
             keys = k_cache[slots].astype(np.float32)  # (n_ctx, kv_heads, head_dim)
             values = v_cache[slots].astype(np.float32)
             out[r0:r1] = causal_attention(q[r0:r1], keys, values, int(paged.start_pos[i]))
+
+
+@dataclass(frozen=True)
+class Fp8Linear:
+    parts: tuple[LinearWeights, ...]
+
+    def __call__(self, x: QuantizedActs, outs: Sequence[F32]) -> None:
+        for (w, scale, bias), out in zip(self.parts, outs, strict=True):
+            y = scaled_fp8_gemm(x.q, x.scale, w, scale)  # (n_tokens, rows)
+            out[...] = y if bias is None else y + bias
+
+
+class Fp8Backend(NumpyBackend):
+    """FP8 matrix units: weights and activations in E4M3 with fp32 scales, exact sums (fp8.py); the rest as
+    the numpy reference."""
+
+    name = "fp8-numpy"
+
+    def prepare_linear(self, parts: Sequence[LinearWeights]) -> PreparedLinear:
+        return Fp8Linear(tuple(parts))
+
+    def quantize(self, x: F32) -> QuantizedActs:
+        return QuantizedActs(*quantize_activations_fp8(x))
+
+
+def backend_for(chip: ChipSpec, configured: KernelBackend) -> KernelBackend:
+    """The kernels a chip's weight format needs: FP8 weights run the FP8 kernels whatever was configured
+    (the int8 ones, native or numpy, otherwise)."""
+    return Fp8Backend() if chip.weights == "fp8" else configured
 
 
 def backend_named(name: str) -> KernelBackend:

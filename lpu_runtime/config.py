@@ -30,8 +30,8 @@ class ChipSpec:
     weight_stream_efficiency: float = 1.0
     sram_alignment_bytes: int = 64  # bytes; every SRAM allocation starts on this boundary
     # The weights' format: "int8", or "fp8" where the chip has FP8 matrix units. Both are one byte per weight
-    # with a scale per output row, so placement is the same; a GEMM's arithmetic runs at that format's peak.
-    # The emulator's kernels compute int8.
+    # with a scale per output row, so placement is the same; a GEMM's arithmetic runs at that format's peak,
+    # and the emulator computes in that format (fp8: E4M3, `fp8.py`).
     weights: str = "int8"
 
     def __post_init__(self) -> None:

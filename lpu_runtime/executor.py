@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from lpu_runtime.backend import KernelBackend, default_backend
+from lpu_runtime.backend import KernelBackend, backend_for, default_backend
 from lpu_runtime.checkpoint_source import CheckpointSource
 from lpu_runtime.chip import Chip
 from lpu_runtime.compiler import ChipPlan, Plan
@@ -93,7 +93,7 @@ class LocalStages:
         on_tensor: Callable[[LoadStep], None] | None = None,
         stages: Sequence[int] | None = None,
     ) -> None:
-        backend = backend or default_backend()
+        backend = backend_for(plan.system.chip, backend or default_backend())
         self.backend_name = backend.name
         progress = _Progress(plan, on_tensor)
         indices = range(len(plan.stages)) if stages is None else stages

@@ -24,9 +24,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lpu_runtime import perfmodel
-from lpu_runtime.backend import KernelBackend, QuantizedActs, default_backend
+from lpu_runtime.backend import KernelBackend, QuantizedActs, backend_for, default_backend
 from lpu_runtime.chip import Chip, gather_costs, linear_costs, vector_costs
 from lpu_runtime.compiler import Plan, UnitKind
+from lpu_runtime.fp8 import quantize_weight_fp8
 from lpu_runtime.kernels import RopeTables
 from lpu_runtime.link import deliver
 from lpu_runtime.model import Checkpoint, DenseFFN, LayerOps, MoEFFN, TokenBatch, decoder_layer, residual_add
@@ -185,8 +186,8 @@ class StageWorker:
         self.plan = plan
         self.stage = plan.stages[stage]
         self.config = plan.model
-        self.backend = backend or default_backend()
         spec = plan.system.chip
+        self.backend = backend_for(spec, backend or default_backend())
         self.chips = [Chip(plan.chip(c), spec, self.backend) for c in self.stage.chips]
         self.place = plan.placement(stage)
         self.load(weights.open(), on_tensor)
@@ -224,7 +225,9 @@ class StageWorker:
                     chip.write(name, part[a:b])
             else:
                 # One scale per output row: quantizing these rows alone gives the bytes the whole tensor would.
-                qt = quantize_weight(part)
+                # The embedding table is looked up, not multiplied: it stays int8 on an FP8 chip too.
+                fp8 = self.plan.system.chip.weights == "fp8" and name != "tok_embeddings"
+                qt = quantize_weight_fp8(part) if fp8 else quantize_weight(part)
                 for chip, (a, b) in zip(chips, ranges, strict=True):
                     chip.write(name, qt.q[a - lo : b - lo])
                     chip.write(f"{name}.scale", qt.scale[a - lo : b - lo])

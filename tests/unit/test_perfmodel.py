@@ -14,6 +14,7 @@ from lpu_runtime import perfmodel
 from lpu_runtime.compiler import BALANCE_CONTEXT, compile_model
 from lpu_runtime.config import MODEL_PRESETS, ChipSpec, EngineConfig, ModelConfig, SystemSpec
 from lpu_runtime.executor import PipelineExecutor
+from lpu_runtime.hardware import CHIP_PRESETS
 from lpu_runtime.model import SeqSlice, TokenBatch
 from lpu_runtime.plan import stage_step_cycles, step_cycles
 from lpu_runtime.synthetic import synthetic_checkpoint
@@ -89,6 +90,7 @@ def _batch(n_seqs: int, start: int, n_new: int, slot_base: int = 64) -> TokenBat
         (TINY, SystemSpec(3)),
         (TINY, SystemSpec(12, ChipSpec(sram_bytes=40 * 1024))),
         (TINY, SystemSpec(12, ChipSpec(sram_bytes=40 * 1024), chips_per_node=1)),  # every gather across nodes
+        (TINY, SystemSpec(12, dataclasses.replace(CHIP_PRESETS["groq3"], sram_bytes=40 * 1024))),  # FP8
         (WIDE_HEADS, SystemSpec(1)),
         (WIDE_HEADS, SystemSpec(12, ChipSpec(sram_bytes=500 * 1024))),  # layers split over two chips
     ],
@@ -97,6 +99,7 @@ def _batch(n_seqs: int, start: int, n_new: int, slot_base: int = 64) -> TokenBat
         "three-stages",
         "tensor-parallel",
         "tensor-parallel-across-nodes",
+        "fp8-tensor-parallel",
         "head-dim-one-chip",
         "head-dim-tensor-parallel",
     ],

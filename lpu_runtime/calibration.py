@@ -197,9 +197,10 @@ class _Chain:
 
 def _chain(row: PublishedSpeed, hop_ns: float | None = None) -> _Chain:
     """The row's layout as `lpu plan` compiles it (with t_hop = hop_ns, default the chip's own)."""
-    hw = chip_hardware(row.hardware)
-    chip = hw.chip if hop_ns is None else dataclasses.replace(hw.chip, hop_latency_ns=hop_ns)
-    request = row.request(lpu_hardware(row, chip))
+    hw = lpu_hardware(row)
+    if hop_ns is not None:
+        hw = dataclasses.replace(hw, chip=dataclasses.replace(hw.chip, hop_latency_ns=hop_ns))
+    request = row.request(hw)
     layout = _planned(request).plan
     probe = _Chain(row, layout, (request.prompt + request.context) // 2, 0)
     hop = layout.system.chip.hop_latency_ns

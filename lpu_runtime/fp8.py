@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from lpu_runtime.quant import QuantizedTensor
+from lpu_runtime.quant import QuantizedTensor, row_scales
 
 E4M3_MAX = 448.0
 MANTISSA_BITS = 3
@@ -40,30 +40,27 @@ def _decode_table() -> NDArray[np.float64]:
 DECODE = _decode_table()  # (256,) float64: the value of each code
 
 
+def encode_e4m3(x: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """Codes of x (already scaled into [-448, 448]) rounded to the nearest E4M3 value, ties to even."""
+    mag = np.minimum(np.abs(x).astype(np.float64), E4M3_MAX)
+    exp = np.floor(np.log2(np.maximum(mag, 2.0**MIN_NORMAL_EXP)))  # the binade; subnormals share the lowest
+    steps = np.rint(mag / np.exp2(exp - MANTISSA_BITS))  # 8..16 in a normal binade, 0..8 below 2**-6
+    carry = steps == 16  # rounded up into the next binade
+    exp, steps = exp + carry, np.where(carry, 8, steps)
+    normal = steps >= 8
+    exp_bits = np.where(normal, exp + EXPONENT_BIAS, 0).astype(np.int64)
+    mant = np.where(normal, steps - 8, steps).astype(np.int64)
+    return ((np.signbit(x).astype(np.int64) << 7) | (exp_bits << MANTISSA_BITS) | mant).astype(np.uint8)
+
+
 def round_e4m3(x: NDArray[np.float32]) -> NDArray[np.float32]:
     """x (already scaled into [-448, 448]) rounded to the nearest E4M3 value, ties to even."""
-    mag = np.minimum(np.abs(x), E4M3_MAX)
-    exp = np.floor(np.log2(np.maximum(mag, 2.0**MIN_NORMAL_EXP)))  # the binade; subnormals share the lowest
-    quantum = np.exp2(exp - MANTISSA_BITS)
-    rounded = np.sign(x) * np.minimum(np.rint(mag / quantum) * quantum, E4M3_MAX)
-    return np.asarray(rounded, dtype=np.float32)
-
-
-def encode_e4m3(v: NDArray[np.float32]) -> NDArray[np.uint8]:
-    """Codes of values that are exactly E4M3 (from `round_e4m3`)."""
-    mag = np.abs(v).astype(np.float64)
-    exp = np.floor(np.log2(np.maximum(mag, 2.0**MIN_NORMAL_EXP)))
-    normal = mag >= 2.0**MIN_NORMAL_EXP
-    exp_bits = np.where(normal, exp + EXPONENT_BIAS, 0)
-    mant = np.where(normal, mag / np.exp2(exp) * 8 - 8, mag / 2.0**MIN_NORMAL_EXP * 8)
-    codes = (np.signbit(v).astype(np.int64) << 7) | (exp_bits.astype(np.int64) << MANTISSA_BITS)
-    return (codes | np.rint(mant).astype(np.int64)).astype(np.uint8)
+    return DECODE[encode_e4m3(x)].astype(np.float32)
 
 
 def _quantize_rows(x: NDArray[np.float32]) -> tuple[NDArray[np.int8], NDArray[np.float32]]:
-    amax = np.max(np.abs(x), axis=-1)  # (rows,) float32
-    scale = np.where(amax > 0, amax / E4M3_MAX, 1.0).astype(np.float32)  # a zero row keeps scale 1
-    codes = encode_e4m3(round_e4m3(x / scale[..., None]))
+    scale = row_scales(x, E4M3_MAX)
+    codes = encode_e4m3(x / scale[..., None])
     return codes.view(np.int8), scale  # one byte per element, stored where int8 weights would be
 
 

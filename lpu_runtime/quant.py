@@ -24,10 +24,15 @@ class QuantizedTensor:
         return self.q.astype(np.float32) * self.scale[:, None]
 
 
-def _quantize_rows(x: NDArray[np.float32]) -> tuple[NDArray[np.int8], NDArray[np.float32]]:
-    amax = np.max(np.abs(x), axis=-1)  # (rows,) float32
+def row_scales(x: NDArray[np.float32], qmax: float) -> NDArray[np.float32]:
+    """(rows,) float32: each row's scale mapping its largest magnitude to `qmax`."""
+    amax = np.max(np.abs(x), axis=-1)
     # An all-zero row keeps scale 1 so dequantizing never divides by zero and returns exact zeros.
-    scale = np.where(amax > 0, amax / QMAX, 1.0).astype(np.float32)
+    return np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+
+
+def _quantize_rows(x: NDArray[np.float32]) -> tuple[NDArray[np.int8], NDArray[np.float32]]:
+    scale = row_scales(x, QMAX)
     q = np.clip(np.rint(x / scale[..., None]), -QMAX, QMAX).astype(np.int8)
     return q, scale
 

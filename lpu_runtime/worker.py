@@ -194,8 +194,9 @@ class StageWorker:
         self.rope = RopeTables.for_model(self.config)
         self.layers = {layer: self._layer_ops(layer) for layer in self.stage.layers}
         has_head = any(u.kind is UnitKind.HEAD for u in self.stage.units)
-        head = ShardedLinear(self.chips, ("output",), self.place, per_sequence=True) if has_head else None
-        self.lm_head = _One(head) if head is not None else None
+        self.lm_head = (
+            _One(ShardedLinear(self.chips, ("output",), self.place, per_sequence=True)) if has_head else None
+        )
 
     @property
     def tensor_names(self) -> list[str]:
